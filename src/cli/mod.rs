@@ -1,0 +1,1 @@
+//! The `agent` client CLI commands.

@@ -1,0 +1,19 @@
+//! agent-registry: an OCI registry for AI agents, built first as a pull-through caching
+//! mirror. Module map:
+//!
+//! - `config`: TOML file -> validated `Config` (embedded default, env overrides)
+//! - `oci`: pure types and parsers (digests, names, manifests, error codes)
+//! - `storage`: content-addressed blobs and SQLite metadata; verify-then-rename writes
+//! - `server`: listener, routing, one module per resource
+//! - `app`: `App`, the shared state, and `App::handle`, the one request entry point
+//! - `error`: the request-path error type
+//! - `cli`: the `agent` client commands
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod oci;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,159 @@
+//! `agent-registry`: parse the command line, load and validate the config, serve.
+
+use agent_registry::app::App;
+use agent_registry::config::{process_env, Config, LogFormat};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "agent-registry",
+    version,
+    about = "OCI registry and pull-through caching mirror for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Config file (TOML). Without it the embedded default is used.
+    #[arg(long, short = 'c', env = "AGENT_REGISTRY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry server.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Listen address, overrides server.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory, overrides storage.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the config and exit non-zero with the file, key and problem if it is invalid.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the effective config (file + environment overrides), secrets redacted.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(arg.config.as_deref(), &process_env)?)
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = std::env::var("AAC_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| cfg.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+async fn serve(
+    mut cfg: Config,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if let Some(l) = listen {
+        cfg.server.listen = l;
+    }
+    if let Some(d) = data_dir {
+        cfg.storage.data_dir = d;
+    }
+    init_logging(&cfg);
+    let origin = cfg.origin.clone();
+    let data = cfg.storage.data_dir.clone();
+    let app = App::new(cfg).with_context(|| format!("opening storage in {}", data.display()))?;
+    let running = agent_registry::server::Running::start(app.clone())
+        .await
+        .with_context(|| format!("binding {}", app.config.server.listen))?;
+    tracing::info!(
+        addr = %running.addr,
+        config = %origin,
+        data_dir = %data.display(),
+        "agent-registry listening on http://{}",
+        running.addr
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.stop().await;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => load(&config).and_then(|cfg| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(serve(cfg, listen, data_dir))
+        }),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => load(&config).map(|c| {
+            println!("config {}: ok", c.origin);
+        }),
+        Command::Config {
+            command: ConfigCommand::Show { config },
+        } => load(&config).map(|c| {
+            print!("{}", c.to_toml_redacted());
+        }),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-registry: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `/v2/<name>/blobs/<digest>`: GET and HEAD (with `Range`), DELETE.
+
+use crate::app::App;
+use crate::error::{Error, Result};
+use crate::oci::{Digest, ErrorCode, RepoName};
+use crate::server::body::{hv, status, stream, Body};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Read size for streaming a blob file to a client.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub fn parse_digest(d: &str) -> Result<Digest> {
+    d.parse().map_err(|e: crate::oci::DigestError| {
+        Error::bad_request(ErrorCode::DigestInvalid, e.to_string())
+    })
+}
+
+/// A single byte range resolved against the blob size: `[start, end]` inclusive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses `Range: bytes=a-b | a- | -n`. Multiple ranges and other units are served whole.
+pub fn parse_range(h: Option<&str>, size: u64) -> RangeReq {
+    let Some(spec) = h.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeReq::Unsatisfiable;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, false) => b
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| (n > 0 && size > 0).then(|| (size.saturating_sub(n), size - 1))),
+        (false, true) => a.parse::<u64>().ok().map(|s| (s, size.saturating_sub(1))),
+        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(s), Ok(e)) if s <= e => Some((s, e.min(size.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        Some((s, e)) if s < size && s <= e => RangeReq::Part(s, e),
+        _ => RangeReq::Unsatisfiable,
+    }
+}
+
+pub async fn get(
+    app: &Arc<App>,
+    name: &RepoName,
+    d: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>> {
+    let digest = parse_digest(d)?;
+    let unknown = || {
+        Error::not_found(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} unknown in {name}"),
+        )
+    };
+    if app
+        .storage
+        .meta
+        .blob_in_repo(name.as_str(), &digest.to_string())
+        .await?
+        .is_none()
+    {
+        return Err(unknown());
+    }
+    let Some((mut file, size)) = app.storage.blobs.open_file(&digest).await? else {
+        return Err(unknown());
+    };
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    );
+    let (code, start, len) = match range {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        RangeReq::Unsatisfiable => {
+            let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
+            r.headers_mut()
+                .insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+            return Ok(r);
+        }
+    };
+    let mut resp = if head {
+        status(code)
+    } else {
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await?;
+        }
+        let reader = file.take(len);
+        let s = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK);
+        let mut r = Response::new(stream(s));
+        *r.status_mut() = code;
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert("docker-content-digest", hv(&digest.to_string()));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    if code == StatusCode::PARTIAL_CONTENT {
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {start}-{}/{size}", start + len - 1)),
+        );
+    }
+    Ok(resp)
+}
+
+pub async fn delete(app: &Arc<App>, name: &RepoName, d: &str) -> Result<Response<Body>> {
+    let digest = parse_digest(d)?;
+    if !app
+        .storage
+        .meta
+        .unlink_blob(name.as_str(), &digest.to_string())
+        .await?
+    {
+        return Err(Error::not_found(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} unknown in {name}"),
+        ));
+    }
+    Ok(status(StatusCode::ACCEPTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(h: &str, size: u64, expected: RangeReq) {
+        assert_eq!(parse_range(Some(h), size), expected, "{h} of {size}");
+    }
+
+    #[test]
+    fn ranges() {
+        check("bytes=0-9", 100, RangeReq::Part(0, 9));
+        check("bytes=90-", 100, RangeReq::Part(90, 99));
+        check("bytes=-10", 100, RangeReq::Part(90, 99));
+        check("bytes=-200", 100, RangeReq::Part(0, 99));
+        check("bytes=50-500", 100, RangeReq::Part(50, 99));
+        check("bytes=100-", 100, RangeReq::Unsatisfiable);
+        check("bytes=100-200", 100, RangeReq::Unsatisfiable);
+        check("bytes=9-1", 100, RangeReq::Unsatisfiable);
+        check("bytes=x-1", 100, RangeReq::Unsatisfiable);
+        check("bytes=-0", 100, RangeReq::Unsatisfiable);
+        check("bytes=0-0", 0, RangeReq::Unsatisfiable);
+        check("bytes=0-1,5-6", 100, RangeReq::Full);
+        check("items=0-1", 100, RangeReq::Full);
+        assert_eq!(parse_range(None, 5), RangeReq::Full);
+    }
+}

@@ -1,0 +1,195 @@
+//! `/v2/<name>/manifests/<reference>`: GET, HEAD, PUT, DELETE for hosted repositories.
+
+use crate::app::{location, query, App};
+use crate::error::{Error, Result};
+use crate::oci::{manifest, Digest, ErrorCode, Reference, RepoName};
+use crate::server::body::{empty, full, hv, read_limited, status, Body, ReqBody};
+use crate::storage::{Commit, NewManifest};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use std::sync::Arc;
+
+fn reference(r: &str) -> Result<Reference> {
+    Reference::parse(r).map_err(|e| match e {
+        crate::oci::NameError::Tag(_) => {
+            Error::bad_request(ErrorCode::ManifestInvalid, format!("invalid tag {r:?}"))
+        }
+        other => Error::bad_request(ErrorCode::DigestInvalid, other.to_string()),
+    })
+}
+
+fn unknown(name: &RepoName, r: &str) -> Error {
+    Error::not_found(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {r} unknown in {name}"),
+    )
+}
+
+/// Resolves a reference to a digest string in `name`.
+async fn resolve(app: &App, name: &RepoName, r: &str) -> Result<String> {
+    match reference(r)? {
+        Reference::Tag(t) => app
+            .storage
+            .meta
+            .tag(name.as_str(), &t)
+            .await?
+            .ok_or_else(|| unknown(name, r)),
+        Reference::Digest(d) => Ok(d.to_string()),
+    }
+}
+
+pub async fn get(app: &Arc<App>, name: &RepoName, r: &str, head: bool) -> Result<Response<Body>> {
+    let digest = resolve(app, name, r).await?;
+    let row = app
+        .storage
+        .meta
+        .manifest(name.as_str(), &digest)
+        .await?
+        .ok_or_else(|| unknown(name, r))?;
+    let d: Digest = digest
+        .parse()
+        .map_err(|_| Error::Internal(format!("stored digest {digest} is malformed")))?;
+    let mut resp = if head {
+        status(StatusCode::OK)
+    } else {
+        let bytes = tokio::fs::read(app.storage.blobs.path(&d))
+            .await
+            .map_err(|e| Error::Internal(format!("manifest {d} in {name}: {e}")))?;
+        if !d.matches(&bytes) {
+            // Never serve bytes that do not match their digest.
+            return Err(Error::Internal(format!(
+                "manifest {d} in {name}: stored bytes do not match"
+            )));
+        }
+        let mut r = Response::new(full(bytes));
+        *r.status_mut() = StatusCode::OK;
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(&row.media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(row.size));
+    h.insert("docker-content-digest", hv(&digest));
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    Ok(resp)
+}
+
+pub async fn put(
+    app: &Arc<App>,
+    name: &RepoName,
+    r: &str,
+    req: Request<ReqBody>,
+) -> Result<Response<Body>> {
+    let reference = reference(r)?;
+    let limit = app.config.server.max_manifest_size;
+    let too_big = || {
+        Error::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::SizeInvalid,
+            format!("manifest larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_big());
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let q = query(req.uri());
+    let body = read_limited(req.into_body(), limit)
+        .await
+        .map_err(|e| Error::bad_request(ErrorCode::ManifestInvalid, format!("request body: {e}")))?
+        .ok_or_else(too_big)?;
+    let info = manifest::parse(&body, &content_type)
+        .map_err(|e| Error::bad_request(ErrorCode::ManifestInvalid, e.to_string()))?;
+    let digest = match &reference {
+        Reference::Digest(d) => {
+            if !d.matches(&body) {
+                return Err(Error::bad_request(
+                    ErrorCode::DigestInvalid,
+                    format!("manifest body does not match digest {d}"),
+                ));
+            }
+            d.clone()
+        }
+        Reference::Tag(_) => Digest::sha256_of(&body),
+    };
+    let meta = &app.storage.meta;
+    let blobs: Vec<String> = info.blobs.iter().map(ToString::to_string).collect();
+    let children: Vec<String> = info.children.iter().map(ToString::to_string).collect();
+    let mut missing = meta.missing(name.as_str(), blobs.clone(), false).await?;
+    missing.extend(meta.missing(name.as_str(), children.clone(), true).await?);
+    if let Some(m) = missing.first() {
+        return Err(Error::bad_request(
+            ErrorCode::ManifestBlobUnknown,
+            format!("manifest references {m}, which is not in {name}"),
+        ));
+    }
+    match app.storage.blobs.put_bytes(&digest, &body).await? {
+        Commit::Stored { .. } => {}
+        Commit::Mismatch { actual } => {
+            return Err(Error::Internal(format!(
+                "manifest stored as {actual}, expected {digest}"
+            )))
+        }
+    }
+    let mut tags: Vec<String> = Vec::new();
+    if let Reference::Tag(t) = &reference {
+        tags.push(t.clone());
+    }
+    for (k, v) in &q {
+        if k == "tag" {
+            if !crate::oci::name::valid_tag(v) {
+                return Err(Error::bad_request(
+                    ErrorCode::ManifestInvalid,
+                    format!("invalid tag {v:?}"),
+                ));
+            }
+            tags.push(v.clone());
+        }
+    }
+    let subject = info.subject.as_ref().map(ToString::to_string);
+    meta.put_manifest(NewManifest {
+        repo: name.to_string(),
+        digest: digest.to_string(),
+        media_type: info.media_type.clone(),
+        size: body.len() as u64,
+        artifact_type: info.artifact_type.clone(),
+        subject: subject.clone(),
+        annotations: info
+            .annotations
+            .as_ref()
+            .and_then(|a| serde_json::to_string(a).ok()),
+        refs: blobs.into_iter().chain(children).collect(),
+        tags,
+    })
+    .await?;
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::CREATED;
+    location(&mut resp, &format!("/v2/{name}/manifests/{digest}"));
+    let h = resp.headers_mut();
+    h.insert("docker-content-digest", hv(&digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    if let Some(s) = subject {
+        h.insert("oci-subject", hv(&s));
+    }
+    Ok(resp)
+}
+
+pub async fn delete(app: &Arc<App>, name: &RepoName, r: &str) -> Result<Response<Body>> {
+    let meta = &app.storage.meta;
+    let found = match reference(r)? {
+        Reference::Tag(t) => meta.delete_tag(name.as_str(), &t).await?,
+        Reference::Digest(d) => meta.delete_manifest(name.as_str(), &d.to_string()).await?,
+    };
+    if !found {
+        return Err(unknown(name, r));
+    }
+    Ok(status(StatusCode::ACCEPTED))
+}

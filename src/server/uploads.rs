@@ -1,0 +1,180 @@
+//! `/v2/<name>/blobs/uploads/`: monolithic, POST-then-PUT and chunked uploads, status,
+//! cancel, and cross-repository mounts.
+
+use crate::app::{location, query, query_get, App};
+use crate::error::{Error, Result};
+use crate::oci::{ErrorCode, RepoName};
+use crate::server::blobs::parse_digest;
+use crate::server::body::{data_stream, hv, status, Body, ReqBody};
+use crate::storage::Ingest;
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub fn parse_id(s: &str) -> Result<Uuid> {
+    s.parse().map_err(|_| {
+        Error::not_found(
+            ErrorCode::BlobUploadUnknown,
+            format!("upload {s:?} unknown"),
+        )
+    })
+}
+
+/// `Range: 0-<last byte>` as the distribution API reports progress ("0-0" when empty).
+fn progress(resp: &mut Response<Body>, name: &RepoName, id: Uuid, offset: u64) {
+    location(resp, &format!("/v2/{name}/blobs/uploads/{id}"));
+    let h = resp.headers_mut();
+    h.insert(
+        header::RANGE,
+        hv(&format!("0-{}", offset.saturating_sub(1))),
+    );
+    h.insert("docker-upload-uuid", hv(&id.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+}
+
+fn created(name: &RepoName, digest: &str) -> Response<Body> {
+    let mut r = status(StatusCode::CREATED);
+    location(&mut r, &format!("/v2/{name}/blobs/{digest}"));
+    let h = r.headers_mut();
+    h.insert("docker-content-digest", hv(digest));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
+fn range_error(msg: String) -> Error {
+    Error::client(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        ErrorCode::BlobUploadInvalid,
+        msg,
+    )
+}
+
+/// The start offset a chunk claims with `Content-Range: <start>-<end>`, checked against
+/// its `Content-Length`.
+fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
+    let Some(v) = h.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or("");
+    let spec = s
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches(['=', ' ']);
+    let spec = spec.split('/').next().unwrap_or("");
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| range_error(format!("malformed Content-Range {s:?}")))?;
+    let (start, end) = match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => (a, b),
+        _ => return Err(range_error(format!("malformed Content-Range {s:?}"))),
+    };
+    let len = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = len {
+        if len != end - start + 1 {
+            return Err(range_error(format!(
+                "Content-Range {s:?} does not match Content-Length {len}"
+            )));
+        }
+    }
+    Ok(Some(start))
+}
+
+pub async fn start(
+    app: &Arc<App>,
+    name: &RepoName,
+    req: Request<ReqBody>,
+) -> Result<Response<Body>> {
+    let q = query(req.uri());
+    let storage = &app.storage;
+    if let Some(m) = query_get(&q, "mount") {
+        if let Ok(digest) = m.parse::<crate::oci::Digest>() {
+            let d = digest.to_string();
+            let source = match query_get(&q, "from").map(RepoName::parse) {
+                Some(Ok(from)) => storage.meta.blob_in_repo(from.as_str(), &d).await?,
+                Some(Err(_)) => None,
+                // Automatic mount: the registry already holds the blob somewhere.
+                None => storage.blobs.stat(&digest).await?,
+            };
+            // The file must be there too: a link without bytes is never mounted.
+            if let (Some(size), Some(_)) = (source, storage.blobs.stat(&digest).await?) {
+                storage.meta.link_blob(name.as_str(), &d, size).await?;
+                return Ok(created(name, &d));
+            }
+        }
+    }
+    if let Some(d) = query_get(&q, "digest") {
+        let digest = parse_digest(d)?;
+        let body = data_stream(req.into_body());
+        return match storage.ingest(&digest, body).await? {
+            Ingest::Stored { size } => {
+                storage
+                    .meta
+                    .link_blob(name.as_str(), &digest.to_string(), size)
+                    .await?;
+                Ok(created(name, &digest.to_string()))
+            }
+            Ingest::Mismatch { actual } => Err(Error::bad_request(
+                ErrorCode::DigestInvalid,
+                format!("digest mismatch: uploaded content has digest {actual}, not {digest}"),
+            )),
+        };
+    }
+    let id = storage.upload_start(name.as_str()).await?;
+    let mut r = status(StatusCode::ACCEPTED);
+    progress(&mut r, name, id, 0);
+    Ok(r)
+}
+
+pub async fn progress_of(app: &Arc<App>, name: &RepoName, id: Uuid) -> Result<Response<Body>> {
+    let offset = app.storage.upload_offset(name.as_str(), id).await?;
+    let mut r = status(StatusCode::NO_CONTENT);
+    progress(&mut r, name, id, offset);
+    Ok(r)
+}
+
+pub async fn patch(
+    app: &Arc<App>,
+    name: &RepoName,
+    id: Uuid,
+    req: Request<ReqBody>,
+) -> Result<Response<Body>> {
+    let start = chunk_start(req.headers())?;
+    let body = data_stream(req.into_body());
+    let offset = app
+        .storage
+        .upload_append(name.as_str(), id, start, body)
+        .await?;
+    let mut r = status(StatusCode::ACCEPTED);
+    progress(&mut r, name, id, offset);
+    Ok(r)
+}
+
+pub async fn finish(
+    app: &Arc<App>,
+    name: &RepoName,
+    id: Uuid,
+    req: Request<ReqBody>,
+) -> Result<Response<Body>> {
+    let q = query(req.uri());
+    let d = query_get(&q, "digest").ok_or_else(|| {
+        Error::bad_request(
+            ErrorCode::DigestInvalid,
+            "the digest query parameter is required",
+        )
+    })?;
+    let digest = parse_digest(d)?;
+    let start = chunk_start(req.headers())?;
+    let body = data_stream(req.into_body());
+    app.storage
+        .upload_finish(name.as_str(), id, &digest, start, body)
+        .await?;
+    Ok(created(name, &digest.to_string()))
+}
+
+pub async fn cancel(app: &Arc<App>, name: &RepoName, id: Uuid) -> Result<Response<Body>> {
+    app.storage.upload_cancel(name.as_str(), id).await?;
+    Ok(status(StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,98 @@
+//! Storage: content-addressed blobs plus repository metadata, behind one facade.
+//!
+//! The HTTP handlers only call `Storage`; today it is the local filesystem and SQLite.
+//! An S3-compatible backend would replace `FsBlobs` (temp object + verify + copy/rename
+//! becomes multipart upload + verify + complete) without touching the handlers.
+
+pub mod blobs;
+pub mod meta;
+pub mod uploads;
+
+pub use blobs::{Commit, FsBlobs, TempBlob};
+pub use meta::{ManifestRow, Meta, MetaError, NewManifest};
+pub use uploads::{UploadError, Uploads};
+
+use crate::oci::Digest;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::io;
+use std::path::Path;
+
+/// Errors from storage: the store itself failed (never the client's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+pub struct Storage {
+    pub blobs: FsBlobs,
+    pub meta: Meta,
+    pub uploads: Uploads,
+}
+
+/// Result of streaming a request body into the store under an expected digest.
+#[derive(Debug)]
+pub enum Ingest {
+    Stored { size: u64 },
+    Mismatch { actual: Digest },
+}
+
+impl Storage {
+    /// Opens the store under `data_dir`, removing temp files left by a crash.
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        std::fs::create_dir_all(data_dir)?;
+        let blobs = FsBlobs::open(data_dir)?;
+        let meta = Meta::open(&data_dir.join("meta.db"))?;
+        Ok(Storage {
+            blobs,
+            meta,
+            uploads: Uploads::default(),
+        })
+    }
+
+    /// Streams `body` into a temp file while hashing it, and commits it under `expected`
+    /// if the digest matches. Nothing is stored otherwise.
+    pub async fn ingest<S, E>(&self, expected: &Digest, body: S) -> Result<Ingest, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut temp = self.blobs.temp().await?;
+        let mut hasher = expected.algorithm().hasher();
+        let mut body = body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+            hasher.update(&chunk);
+            temp.write(&chunk).await?;
+        }
+        match self.blobs.commit_file(temp, expected, Some(hasher)).await? {
+            Commit::Stored { size } => Ok(Ingest::Stored { size }),
+            Commit::Mismatch { actual } => Ok(Ingest::Mismatch { actual }),
+        }
+    }
+}
+
+/// Failure while taking in a request body.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The client's body broke off or was malformed.
+    #[error("request body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<io::Error> for IngestError {
+    fn from(e: io::Error) -> Self {
+        IngestError::Storage(StorageError::Io(e))
+    }
+}
+
+impl From<MetaError> for IngestError {
+    fn from(e: MetaError) -> Self {
+        IngestError::Storage(StorageError::Meta(e))
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one binary, one module per area (see tests/it/support for helpers).
+
+mod support;
+
+mod api;
+mod crash;
+// mod interop; (being written)

@@ -3,5 +3,6 @@
 mod support;
 
 mod api;
+mod cli;
 mod crash;
 // mod interop; (being written)

@@ -104,12 +104,12 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ManifestInfo, ManifestEr
     }
     let mut blobs = Vec::new();
     let mut children = Vec::new();
-    if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
-        if raw.config.is_none() || raw.layers.is_none() {
-            return Err(ManifestError(
-                "image manifest needs config and layers".into(),
-            ));
-        }
+    if (media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST)
+        && (raw.config.is_none() || raw.layers.is_none())
+    {
+        return Err(ManifestError(
+            "image manifest needs config and layers".into(),
+        ));
     }
     if is_index(&media_type) && raw.manifests.is_none() {
         return Err(ManifestError("index needs manifests".into()));

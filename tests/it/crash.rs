@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Server {
@@ -106,7 +108,7 @@ fn stream_body(
     method: &str,
     path: &str,
     data: Vec<u8>,
-    pace: Duration,
+    progress: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<usize> {
     let addr = addr.to_string();
     let path = path.to_string();
@@ -128,7 +130,8 @@ fn stream_body(
                 break;
             }
             sent += chunk.len();
-            std::thread::sleep(pace);
+            progress.store(sent, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(30));
         }
         sent
     })
@@ -199,12 +202,17 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
         &big[..first],
     );
     assert_eq!(st, 202);
+    let (chunk_p, mono_p, pull_p) = (
+        Arc::<AtomicUsize>::default(),
+        Arc::<AtomicUsize>::default(),
+        Arc::<AtomicUsize>::default(),
+    );
     let chunk = stream_body(
         &srv.addr,
         "PATCH",
         &loc,
         big[first..].to_vec(),
-        Duration::from_millis(15),
+        Arc::clone(&chunk_p),
     );
 
     // A monolithic upload of another 100 MiB in flight.
@@ -215,12 +223,13 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
         "POST",
         &format!("/v2/crash/img/blobs/uploads/?digest={mono_d}"),
         mono.clone(),
-        Duration::from_millis(15),
+        Arc::clone(&mono_p),
     );
 
     // A slow pull in flight.
     let addr = srv.addr.clone();
     let path = format!("/v2/crash/img/blobs/{pulled_d}");
+    let pull_seen = Arc::clone(&pull_p);
     let pull = std::thread::spawn(move || {
         let mut s = TcpStream::connect(&addr).expect("connect");
         let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
@@ -231,12 +240,21 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
                 break;
             }
             n += k;
+            pull_seen.store(n, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(1));
         }
         n
     });
 
-    std::thread::sleep(Duration::from_millis(600));
+    // Kill once all three are visibly under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while chunk_p.load(Ordering::SeqCst) < 4 << 20
+        || mono_p.load(Ordering::SeqCst) < 4 << 20
+        || pull_p.load(Ordering::SeqCst) < 1 << 20
+    {
+        assert!(Instant::now() < deadline, "transfers did not get under way");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     srv.kill9();
     let sent_chunk = chunk.join().expect("chunk thread");
     let sent_mono = mono_t.join().expect("mono thread");

@@ -5,4 +5,4 @@ mod support;
 mod api;
 mod cli;
 mod crash;
-// mod interop; (being written)
+mod interop;

@@ -20,7 +20,9 @@ fn routing(c: &mut Criterion) {
         })
     });
     let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    c.bench_function("digest_parse", |b| b.iter(|| black_box(d).parse::<Digest>()));
+    c.bench_function("digest_parse", |b| {
+        b.iter(|| black_box(d).parse::<Digest>())
+    });
 }
 
 fn hashing(c: &mut Criterion) {

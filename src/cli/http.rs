@@ -31,9 +31,11 @@ impl Client {
             .with_context(|| format!("invalid registry URL {base:?}"))?;
         match uri.scheme_str() {
             Some("http") | Some("https") if uri.host().is_some() => {}
-            _ => return Err(anyhow!(
+            _ => {
+                return Err(anyhow!(
                 "invalid registry URL {base:?}: expected http://host[:port] or https://host[:port]"
-            )),
+            ))
+            }
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let https = hyper_rustls::HttpsConnectorBuilder::new()

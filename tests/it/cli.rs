@@ -31,7 +31,10 @@ fn help_and_version() {
     assert!(text(&o.stdout).contains("registry"), "{}", text(&o.stdout));
     let o = agent(&["--version"]);
     assert!(o.status.success());
-    assert_eq!(text(&o.stdout).trim(), format!("agent {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        format!("agent {}", env!("CARGO_PKG_VERSION"))
+    );
     let o = registry(&["--version"]);
     assert!(o.status.success());
     assert!(text(&o.stdout).starts_with("agent-registry "));
@@ -43,7 +46,11 @@ fn ping_and_health_against_a_running_server() {
     let url = format!("http://{}", srv.host());
     let o = agent(&["registry", "ping", "--registry", &url]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("is reachable: HTTP 200"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("is reachable: HTTP 200"),
+        "{}",
+        text(&o.stdout)
+    );
 
     // The URL may also come from the environment.
     let o = Command::new(env!("CARGO_BIN_EXE_agent"))
@@ -54,7 +61,15 @@ fn ping_and_health_against_a_running_server() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains(": ready"), "{}", text(&o.stdout));
 
-    let o = agent(&["registry", "health", "--detailed", "--registry", &url, "--timeout", "30s"]);
+    let o = agent(&[
+        "registry",
+        "health",
+        "--detailed",
+        "--registry",
+        &url,
+        "--timeout",
+        "30s",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("detailed health is JSON");
     assert_eq!(v["status"], "ready");
@@ -67,15 +82,27 @@ fn ping_names_the_failure() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let o = agent(&["registry", "ping", "--registry", &format!("http://127.0.0.1:{port}")]);
+    let o = agent(&[
+        "registry",
+        "ping",
+        "--registry",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
-    assert!(err.starts_with("agent: failed to connect to registry http://127.0.0.1:"), "{err}");
+    assert!(
+        err.starts_with("agent: failed to connect to registry http://127.0.0.1:"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 
     let o = agent(&["registry", "ping", "--registry", "not a url"]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("invalid registry URL"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("invalid registry URL"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
@@ -90,13 +117,20 @@ fn config_check_and_show() {
     let o = registry(&["config", "check", "--config", bad.to_str().expect("utf8")]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
-    assert!(err.contains(bad.to_str().expect("utf8")) && err.contains("server.listen"), "{err}");
+    assert!(
+        err.contains(bad.to_str().expect("utf8")) && err.contains("server.listen"),
+        "{err}"
+    );
 
     let typo = dir.path().join("typo.toml");
     std::fs::write(&typo, "[storage]\ndata_dirr = \"/x\"\n").expect("write");
     let o = registry(&["config", "check", "--config", typo.to_str().expect("utf8")]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("unknown key storage.data_dirr"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("unknown key storage.data_dirr"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // Environment overrides show up in the effective config.
     let o = Command::new(env!("CARGO_BIN_EXE_agent-registry"))
@@ -105,5 +139,9 @@ fn config_check_and_show() {
         .output()
         .expect("run");
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("listen = \"127.0.0.1:7000\""), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("listen = \"127.0.0.1:7000\""),
+        "{}",
+        text(&o.stdout)
+    );
 }

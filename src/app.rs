@@ -18,7 +18,7 @@ use std::time::Instant;
 
 pub struct App {
     pub config: Config,
-    pub storage: Storage,
+    pub storage: Arc<Storage>,
     draining: AtomicBool,
 }
 
@@ -31,7 +31,7 @@ pub struct Ctx {
 
 impl App {
     pub fn new(config: Config) -> std::result::Result<Arc<App>, crate::storage::StorageError> {
-        let storage = Storage::open(&config.storage.data_dir)?;
+        let storage = Arc::new(Storage::open(&config.storage.data_dir)?);
         Ok(Arc::new(App {
             config,
             storage,

@@ -225,11 +225,18 @@ impl TempBlob {
         match &mut self.file {
             Some(f) => {
                 f.write_all(bytes).await?;
+                // tokio's File hands writes to a blocking thread; flush waits for them,
+                // so bytes counted in `len` are in the file for concurrent readers.
+                f.flush().await?;
                 self.len += bytes.len() as u64;
                 Ok(())
             }
             None => Err(io::Error::other("temp blob already closed")),
         }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn len(&self) -> u64 {

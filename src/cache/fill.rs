@@ -1,0 +1,494 @@
+//! Single-flight fills: exactly one fetch per missing digest, however many readers.
+//!
+//! The first reader of a missing blob starts a `Fill`: a task, detached from every client,
+//! that pulls bytes from a `Source` into a temp file while hashing them. Every reader
+//! (the first one, later ones, Range requests) reads that temp file by offset as bytes
+//! arrive, through its own read handle, and is woken through a `watch` channel. When the
+//! source is exhausted the digest is checked: on a match the file is committed under its
+//! digest, on a mismatch every reader gets an error and nothing is kept. An interrupted
+//! source is reopened at the current offset (a Range request upstream) a few times
+//! before the fill fails. A reader that goes away does not stop the fill.
+
+use crate::oci::Digest;
+use crate::storage::{Commit, Storage};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Bytes handed to a reader per read.
+const READ_CHUNK: u64 = 256 * 1024;
+/// Reopens of an interrupted source before the fill fails.
+const MAX_RESUMES: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillErrorKind {
+    /// The source does not have the blob.
+    NotFound,
+    /// The source could not be reached or failed (timeouts, 5xx, broken bodies).
+    Unavailable,
+    /// The bytes did not match the digest.
+    Mismatch,
+    /// This side failed (disk).
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct FillError {
+    pub kind: FillErrorKind,
+    pub message: String,
+}
+
+impl FillError {
+    pub fn new(kind: FillErrorKind, message: impl Into<String>) -> FillError {
+        FillError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// An opened source: the total length if known, and the bytes from the requested offset.
+pub struct Opened {
+    pub total: Option<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, FillError>>,
+}
+
+/// Opens the blob's bytes starting at an offset (0 first, later offsets to resume).
+pub type Source = Arc<dyn Fn(u64) -> BoxFuture<'static, Result<Opened, FillError>> + Send + Sync>;
+
+/// What readers see of a fill.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The source answered and `total` is as known as it will be.
+    pub started: bool,
+    pub total: Option<u64>,
+    /// Bytes in the temp file, readable by offset.
+    pub written: u64,
+    /// Set once: Ok when committed, Err when failed.
+    pub outcome: Option<Result<(), FillError>>,
+}
+
+pub struct Fill {
+    pub digest: Digest,
+    file: Arc<std::fs::File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The table of fills in progress, one per digest.
+#[derive(Default)]
+pub struct Fills {
+    inner: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Fills {
+    /// Joins the fill of `digest`, starting it with `source` if none is running.
+    /// Returns the fill and whether this call started it.
+    pub async fn join(
+        self: &Arc<Self>,
+        storage: &Arc<Storage>,
+        digest: &Digest,
+        source: Source,
+    ) -> Result<(Arc<Fill>, bool), FillError> {
+        if let Some(f) = self.get(digest) {
+            return Ok((f, false));
+        }
+        let internal =
+            |e: io::Error| FillError::new(FillErrorKind::Internal, format!("cache temp file: {e}"));
+        let temp = storage.blobs.temp().await.map_err(internal)?;
+        let file = std::fs::File::open(temp.path()).map_err(internal)?;
+        let (tx, rx) = watch::channel(Progress::default());
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            file: Arc::new(file),
+            progress: rx,
+        });
+        {
+            let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = m.get(digest) {
+                // Lost the race: someone started it meanwhile; our temp file is dropped.
+                return Ok((f.clone(), false));
+            }
+            m.insert(digest.clone(), fill.clone());
+        }
+        let (fills, storage, digest) = (self.clone(), storage.clone(), digest.clone());
+        tokio::spawn(async move {
+            let outcome = run(&storage, &digest, source, temp, &tx).await;
+            // Remove from the table only after the commit, so a new reader finds either
+            // this fill or the committed blob.
+            fills
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest);
+            tx.send_modify(|p| p.outcome = Some(outcome));
+        });
+        Ok((fill, true))
+    }
+
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Fills in progress.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn run(
+    storage: &Storage,
+    digest: &Digest,
+    source: Source,
+    mut temp: crate::storage::TempBlob,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), FillError> {
+    let mut hasher = digest.algorithm().hasher();
+    let mut total: Option<u64> = None;
+    let mut resumes = 0;
+    loop {
+        let written = temp.len();
+        let broke = match source(written).await {
+            Ok(opened) => {
+                if written == 0 {
+                    total = opened.total;
+                    tx.send_modify(|p| {
+                        p.started = true;
+                        p.total = total;
+                    });
+                }
+                let mut stream = opened.stream;
+                let mut broke = None;
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(b) => {
+                            if total.is_some_and(|t| temp.len() + b.len() as u64 > t) {
+                                return Err(FillError::new(
+                                    FillErrorKind::Mismatch,
+                                    format!(
+                                        "blob {digest}: source sent more than its declared length"
+                                    ),
+                                ));
+                            }
+                            hasher.update(&b);
+                            temp.write(&b).await.map_err(|e| {
+                                FillError::new(FillErrorKind::Internal, format!("cache write: {e}"))
+                            })?;
+                            let n = temp.len();
+                            tx.send_modify(|p| p.written = n);
+                        }
+                        Err(e) => {
+                            broke = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match (broke, total) {
+                    (Some(e), _) => Some(e),
+                    (None, Some(t)) if temp.len() < t => Some(FillError::new(
+                        FillErrorKind::Unavailable,
+                        format!("blob {digest}: body ended at {} of {t} bytes", temp.len()),
+                    )),
+                    (None, _) => None,
+                }
+            }
+            Err(e) if written == 0 || e.kind == FillErrorKind::NotFound => return Err(e),
+            Err(e) => Some(e),
+        };
+        match broke {
+            None => break,
+            Some(e) if e.kind == FillErrorKind::Unavailable && resumes < MAX_RESUMES => {
+                resumes += 1;
+                tracing::warn!(digest = %digest, offset = temp.len(), error = %e, "blob fill interrupted, resuming");
+                tokio::time::sleep(Duration::from_millis(50 << resumes)).await;
+            }
+            Some(e) => return Err(e),
+        }
+    }
+    match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
+        Ok(Commit::Stored { .. }) => Ok(()),
+        Ok(Commit::Mismatch { actual }) => Err(FillError::new(
+            FillErrorKind::Mismatch,
+            format!("blob {digest}: digest mismatch, source sent {actual}"),
+        )),
+        Err(e) => Err(FillError::new(
+            FillErrorKind::Internal,
+            format!("cache commit: {e}"),
+        )),
+    }
+}
+
+impl Fill {
+    /// Waits until the source answered; returns the total length if known.
+    pub async fn started(&self) -> Result<Option<u64>, FillError> {
+        let mut rx = self.progress.clone();
+        loop {
+            {
+                let p = rx.borrow_and_update();
+                if let Some(Err(e)) = &p.outcome {
+                    return Err(e.clone());
+                }
+                if p.started {
+                    return Ok(p.total);
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillError::new(
+                    FillErrorKind::Internal,
+                    "fill ended without an outcome",
+                ));
+            }
+        }
+    }
+
+    /// Bytes `[start, end)` (to the end when None) as they arrive. Ends with an error if
+    /// the fill fails, so the client's response breaks off instead of ending short.
+    pub fn reader(
+        self: &Arc<Self>,
+        start: u64,
+        end: Option<u64>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let state = (self.clone(), self.progress.clone(), start, false);
+        futures_util::stream::unfold(state, move |(fill, mut rx, pos, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let (written, outcome, total) = {
+                    let p = rx.borrow_and_update();
+                    (p.written, p.outcome.clone(), p.total)
+                };
+                if let Some(Err(e)) = &outcome {
+                    let err = io::Error::other(e.message.clone());
+                    return Some((Err(err), (fill, rx, pos, true)));
+                }
+                let limit = end.or(total);
+                if limit.is_some_and(|l| pos >= l) {
+                    return None;
+                }
+                // The last byte of the blob is held back until the digest is verified, so a
+                // reader of a corrupt fill never sees a complete response.
+                let avail = match (&outcome, total) {
+                    (None, Some(t)) => written.min(t.saturating_sub(1)),
+                    _ => written,
+                };
+                if pos < avail {
+                    let want = (avail - pos).min(READ_CHUNK);
+                    let want = limit.map_or(want, |l| want.min(l - pos));
+                    let file = fill.file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; want as usize];
+                        read_exact_at(&file, &mut buf, pos).map(|()| Bytes::from(buf))
+                    })
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r);
+                    return match read {
+                        Ok(b) => {
+                            let next = pos + b.len() as u64;
+                            Some((Ok(b), (fill, rx, next, false)))
+                        }
+                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                    };
+                }
+                if matches!(outcome, Some(Ok(()))) && pos >= written {
+                    // Committed and everything read (length unknown up front).
+                    return None;
+                }
+                if rx.changed().await.is_err() {
+                    return Some((
+                        Err(io::Error::other("fill ended without an outcome")),
+                        (fill, rx, pos, true),
+                    ));
+                }
+            }
+        })
+    }
+}
+
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    struct Src {
+        data: Arc<Vec<u8>>,
+        calls: Arc<Mutex<Vec<u64>>>,
+    }
+
+    /// A source over `data` that serves 64 KiB chunks slowly, breaks off once at
+    /// `break_at` (first call only) and flips a byte when `corrupt`.
+    fn source(data: Vec<u8>, break_at: Option<u64>, corrupt: bool) -> (Source, Src) {
+        let data = Arc::new(data);
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let src = Src {
+            data: data.clone(),
+            calls: calls.clone(),
+        };
+        let s: Source = Arc::new(move |offset| {
+            let data = data.clone();
+            let calls = calls.clone();
+            Box::pin(async move {
+                let first = {
+                    let mut c = calls.lock().unwrap();
+                    c.push(offset);
+                    c.len() == 1
+                };
+                let total = data.len() as u64;
+                let stop = if first {
+                    break_at.unwrap_or(total)
+                } else {
+                    total
+                };
+                let chunks: Vec<Result<Bytes, FillError>> = (offset..stop)
+                    .step_by(64 * 1024)
+                    .map(|at| {
+                        let end = (at + 64 * 1024).min(stop);
+                        let mut b = data[at as usize..end as usize].to_vec();
+                        if corrupt && at == 0 {
+                            b[0] ^= 1;
+                        }
+                        Ok(Bytes::from(b))
+                    })
+                    .chain((stop < total).then(|| {
+                        Err(FillError::new(
+                            FillErrorKind::Unavailable,
+                            "connection reset",
+                        ))
+                    }))
+                    .collect();
+                let stream = futures_util::stream::iter(chunks).then(|c| async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    c
+                });
+                Ok(Opened {
+                    total: Some(total),
+                    stream: stream.boxed(),
+                })
+            })
+        });
+        (s, src)
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    async fn read_all(fill: &Arc<Fill>, start: u64, end: Option<u64>) -> io::Result<Vec<u8>> {
+        let chunks: Vec<Bytes> = fill.reader(start, end).try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    fn setup() -> (tempfile::TempDir, Arc<Storage>, Arc<Fills>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        (dir, storage, Arc::new(Fills::default()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_fetch_for_many_readers_and_ranges() {
+        let (_dir, storage, fills) = setup();
+        let bytes = data(3 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, probe) = source(bytes.clone(), None, false);
+        let mut tasks = Vec::new();
+        for i in 0..20u64 {
+            let (storage, fills, digest, src) =
+                (storage.clone(), fills.clone(), digest.clone(), src.clone());
+            tasks.push(tokio::spawn(async move {
+                let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
+                assert_eq!(fill.started().await.unwrap(), Some(3 << 20));
+                if i % 2 == 0 {
+                    (0, None, read_all(&fill, 0, None).await.unwrap())
+                } else {
+                    let s = i * 100_000;
+                    (
+                        s,
+                        Some(s + 500_000),
+                        read_all(&fill, s, Some(s + 500_000)).await.unwrap(),
+                    )
+                }
+            }));
+        }
+        for t in tasks {
+            let (s, e, got) = t.await.unwrap();
+            let e = e.unwrap_or(bytes.len() as u64);
+            assert_eq!(got, bytes[s as usize..e as usize]);
+        }
+        assert_eq!(probe.calls.lock().unwrap().as_slice(), &[0]);
+        assert_eq!(storage.blobs.stat(&digest).await.unwrap(), Some(3 << 20));
+        assert_eq!(probe.data.len(), 3 << 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mismatch_cuts_every_reader_off_and_keeps_nothing() {
+        let (dir, storage, fills) = setup();
+        let bytes = data(1 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, _) = source(bytes, None, true);
+        let (fill, started) = fills.join(&storage, &digest, src.clone()).await.unwrap();
+        assert!(started);
+        let (fill2, started2) = fills.join(&storage, &digest, src).await.unwrap();
+        assert!(!started2);
+        assert!(read_all(&fill, 0, None).await.is_err());
+        assert!(read_all(&fill2, 0, None).await.is_err());
+        assert_eq!(storage.blobs.stat(&digest).await.unwrap(), None);
+        assert!(fills.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupted_source_resumes_at_offset() {
+        let (_dir, storage, fills) = setup();
+        let bytes = data(2 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, probe) = source(bytes.clone(), Some(640 * 1024), false);
+        let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
+        assert_eq!(read_all(&fill, 0, None).await.unwrap(), bytes);
+        assert_eq!(probe.calls.lock().unwrap().as_slice(), &[0, 640 * 1024]);
+        assert!(storage.blobs.stat(&digest).await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_leaving_does_not_stop_the_fill() {
+        let (_dir, storage, fills) = setup();
+        let bytes = data(2 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, _) = source(bytes, None, false);
+        let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
+        let mut r = Box::pin(fill.reader(0, None));
+        let first = r.next().await.unwrap().unwrap();
+        assert!(!first.is_empty());
+        drop(r);
+        drop(fill);
+        for _ in 0..500 {
+            if storage.blobs.stat(&digest).await.unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the fill did not complete after its only reader left");
+    }
+}

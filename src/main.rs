@@ -37,6 +37,10 @@ enum Command {
         /// Data directory, overrides storage.data_dir.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Set the url of the upstream NAME (a name or alias; other settings are kept)
+        /// or add upstream NAME with default settings. Repeatable.
+        #[arg(long = "upstream", value_name = "NAME=URL", action = clap::ArgAction::Append)]
+        upstreams: Vec<String>,
     },
     /// Inspect the configuration.
     Config {
@@ -131,7 +135,11 @@ fn main() -> std::process::ExitCode {
             config,
             listen,
             data_dir,
-        } => load(&config).and_then(|cfg| {
+            upstreams,
+        } => load(&config).and_then(|mut cfg| {
+            for spec in &upstreams {
+                cfg.apply_upstream_flag(spec)?;
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -6,6 +6,7 @@
 
 pub mod blobs;
 pub mod meta;
+pub mod mirror_meta;
 pub mod uploads;
 
 pub use blobs::{Commit, FsBlobs, TempBlob};

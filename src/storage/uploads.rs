@@ -34,6 +34,8 @@ pub enum UploadError {
     Unknown(Uuid),
     #[error("chunk starts at {got}, upload is at {offset}")]
     OutOfOrder { offset: u64, got: u64 },
+    #[error("chunk claims {declared} bytes, body does not match")]
+    RangeMismatch { declared: u64 },
     #[error("digest mismatch: upload has {actual}")]
     Mismatch { actual: Digest },
     #[error(transparent)]
@@ -87,29 +89,33 @@ impl Storage {
         Ok(self.session(repo, id).await?.offset)
     }
 
-    /// Appends `body` at `start` (the current offset when None); returns the new offset.
+    /// Appends `body` at the current offset; with a `range` (first and last byte, as the
+    /// chunk's Content-Range claims) it must start there and be exactly that long, or
+    /// nothing of it counts. Returns the new offset.
     pub async fn upload_append<S, E>(
         &self,
         repo: &str,
         id: Uuid,
-        start: Option<u64>,
+        range: Option<(u64, u64)>,
         body: S,
     ) -> Result<u64, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        // Only known sessions get a slot: ids made up by a client must not grow the map.
+        self.session(repo, id).await?;
         let slot = self.uploads.slot(id);
         let mut slot = slot.lock().await;
         let row = self.session(repo, id).await?;
-        self.append_locked(&mut slot, row, start, body).await
+        self.append_locked(&mut slot, row, range, body).await
     }
 
     async fn append_locked<S, E>(
         &self,
         slot: &mut Slot,
         row: UploadRow,
-        start: Option<u64>,
+        range: Option<(u64, u64)>,
         mut body: S,
     ) -> Result<u64, UploadError>
     where
@@ -119,7 +125,7 @@ impl Storage {
         let id: Uuid = row.id.parse().map_err(|_| {
             UploadError::Ingest(IngestError::Body(format!("bad upload id {}", row.id)))
         })?;
-        if let Some(got) = start {
+        if let Some((got, _)) = range {
             if got != row.offset {
                 return Err(UploadError::OutOfOrder {
                     offset: row.offset,
@@ -127,6 +133,12 @@ impl Storage {
                 });
             }
         }
+        // One past the last byte the chunk claims; a body that overshoots or falls short
+        // is refused and its bytes are truncated away by the next write.
+        let limit = range.map(|(start, end)| {
+            let past = end.saturating_add(1);
+            (past.saturating_sub(start), past)
+        });
         let mut file = self
             .blobs
             .upload_file(&id, row.offset)
@@ -140,6 +152,11 @@ impl Storage {
         let mut wrote = false;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+            if let Some((declared, end)) = limit {
+                if file.len() + chunk.len() as u64 > end {
+                    return Err(UploadError::RangeMismatch { declared });
+                }
+            }
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
@@ -147,6 +164,11 @@ impl Storage {
             wrote = true;
         }
         let offset = file.len();
+        if let Some((declared, end)) = limit {
+            if offset != end {
+                return Err(UploadError::RangeMismatch { declared });
+            }
+        }
         if wrote {
             drop(file);
             self.meta
@@ -169,17 +191,18 @@ impl Storage {
         repo: &str,
         id: Uuid,
         digest: &Digest,
-        start: Option<u64>,
+        range: Option<(u64, u64)>,
         body: S,
     ) -> Result<u64, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        self.session(repo, id).await?;
         let slot = self.uploads.slot(id);
         let mut slot = slot.lock().await;
         let row = self.session(repo, id).await?;
-        let offset = self.append_locked(&mut slot, row, start, body).await?;
+        let offset = self.append_locked(&mut slot, row, range, body).await?;
         let hasher = match slot.hasher.take() {
             Some((off, h)) if off == offset && digest.algorithm() == Algorithm::Sha256 => Some(h),
             _ => None,
@@ -209,6 +232,7 @@ impl Storage {
     }
 
     pub async fn upload_cancel(&self, repo: &str, id: Uuid) -> Result<(), UploadError> {
+        self.session(repo, id).await?;
         let slot = self.uploads.slot(id);
         let _slot = slot.lock().await;
         self.session(repo, id).await?;
@@ -251,5 +275,39 @@ impl Storage {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(s: &Storage) -> usize {
+        s.uploads.slots.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn unknown_or_foreign_ids_leave_no_slot_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let live = s.upload_start("a").await.unwrap();
+        let empty =
+            futures_util::stream::iter(Vec::<Result<Bytes, std::convert::Infallible>>::new());
+        let d = Digest::sha256_of(b"");
+        for (repo, id) in [("a", Uuid::new_v4()), ("b", live)] {
+            let e = s.upload_append(repo, id, None, empty.clone()).await;
+            assert!(matches!(e, Err(UploadError::Unknown(_))));
+            let e = s.upload_finish(repo, id, &d, None, empty.clone()).await;
+            assert!(matches!(e, Err(UploadError::Unknown(_))));
+            assert!(matches!(
+                s.upload_cancel(repo, id).await,
+                Err(UploadError::Unknown(_))
+            ));
+        }
+        assert_eq!(slots(&s), 0);
+        assert_eq!(s.upload_append("a", live, None, empty).await.unwrap(), 0);
+        assert_eq!(slots(&s), 1);
+        s.upload_cancel("a", live).await.unwrap();
+        assert_eq!(slots(&s), 0);
     }
 }

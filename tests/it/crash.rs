@@ -181,7 +181,7 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
     let (st, _, _) = request(
         &srv.addr,
         "POST",
-        &format!("/v2/crash/img/blobs/uploads/?digest={pulled_d}"),
+        &format!("/v2/agents/crash/blobs/uploads/?digest={pulled_d}"),
         &[],
         &pulled,
     );
@@ -190,7 +190,13 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
     // A chunked upload: the first 8 MiB acknowledged, then a 92 MiB chunk in flight.
     let big = random(100 << 20, 2);
     let big_d = Digest::sha256_of(&big).to_string();
-    let (st, h, _) = request(&srv.addr, "POST", "/v2/crash/img/blobs/uploads/", &[], &[]);
+    let (st, h, _) = request(
+        &srv.addr,
+        "POST",
+        "/v2/agents/crash/blobs/uploads/",
+        &[],
+        &[],
+    );
     assert_eq!(st, 202);
     let loc = header(&h, "location").expect("location").to_string();
     let first = 8 << 20;
@@ -221,14 +227,14 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
     let mono_t = stream_body(
         &srv.addr,
         "POST",
-        &format!("/v2/crash/img/blobs/uploads/?digest={mono_d}"),
+        &format!("/v2/agents/crash/blobs/uploads/?digest={mono_d}"),
         mono.clone(),
         Arc::clone(&mono_p),
     );
 
     // A slow pull in flight.
     let addr = srv.addr.clone();
-    let path = format!("/v2/crash/img/blobs/{pulled_d}");
+    let path = format!("/v2/agents/crash/blobs/{pulled_d}");
     let pull_seen = Arc::clone(&pull_p);
     let pull = std::thread::spawn(move || {
         let mut s = TcpStream::connect(&addr).expect("connect");
@@ -279,7 +285,7 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
         let (st, _, _) = request(
             &srv.addr,
             "HEAD",
-            &format!("/v2/crash/img/blobs/{d}"),
+            &format!("/v2/agents/crash/blobs/{d}"),
             &[],
             &[],
         );
@@ -289,7 +295,7 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
     let (st, _, body) = request(
         &srv.addr,
         "GET",
-        &format!("/v2/crash/img/blobs/{pulled_d}"),
+        &format!("/v2/agents/crash/blobs/{pulled_d}"),
         &[],
         &[],
     );
@@ -317,7 +323,7 @@ fn kill_9_during_uploads_and_pull_leaves_nothing_partial() {
     let (st, _, body) = request(
         &srv.addr,
         "GET",
-        &format!("/v2/crash/img/blobs/{big_d}"),
+        &format!("/v2/agents/crash/blobs/{big_d}"),
         &[],
         &[],
     );

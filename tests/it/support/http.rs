@@ -71,7 +71,11 @@ impl Http {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(body.into())).expect("request");
-        let resp = self.client.request(req).await.expect("request failed");
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request failed: {e:?}"));
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         Resp {

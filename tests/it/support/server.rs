@@ -29,6 +29,8 @@ impl TestServer {
         cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
         cfg.server.hosted_writes = HostedWrites::Loopback;
         cfg.storage.data_dir = dir.path().join("data");
+        // Hosted-only unless a test configures a mirror: nothing may reach for the internet.
+        cfg.mirror.default_upstream = None;
         f(&mut cfg);
         Self::start_in(cfg, dir)
     }
@@ -36,6 +38,7 @@ impl TestServer {
     /// Starts on an existing data directory (to test restarts).
     pub fn restart_on(dir: tempfile::TempDir) -> TestServer {
         let mut cfg = Config::embedded_default();
+        cfg.mirror.default_upstream = None;
         cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
         cfg.storage.data_dir = dir.path().join("data");
         Self::start_in(cfg, dir)

@@ -1,0 +1,418 @@
+//! Configuration: TOML file -> `${VAR}` expansion -> merge over the embedded default -> env overrides -> validated [`Config`].
+//!
+//! Unknown keys and wrong types are caught while merging over the default; each key
+//! remembers where its value came from, so errors name the file or variable. Adding a
+//! section: write every key into `config/agent-registry.toml`, add a `Raw*` struct (and
+//! a `RawConfig` field), a typed struct, and its lines in `Config::build` and
+//! `Config::to_toml_redacted`; env overrides and unknown-key checks follow the default.
+//! `[upstreams."<host>"]` tables are the exception: their names are the user's, their
+//! keys are checked against `upstream::template` (see `upstream.rs`).
+//!
+//! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
+//! (sizes, durations), `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`),
+//! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
+
+mod checks;
+mod merge;
+mod units;
+mod upstream;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Table;
+
+use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
+pub use units::{format_duration, format_size, parse_duration, parse_size};
+pub use upstream::{MirrorConfig, UpstreamConfig};
+use upstream::{RawMirror, ShownUpstream};
+
+/// The default config with every key documented; compiled in.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/agent-registry.toml");
+
+const EMBEDDED: &str = "embedded default";
+const MAX_MANIFEST_SIZE_LIMIT: u64 = 64 << 20;
+const REDACTED: &str = "<redacted>";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub mirror: MirrorConfig,
+    /// The enabled upstreams, sorted by name.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// `"embedded default"` or the path of the file it was loaded from.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Bytes; a larger manifest PUT is rejected.
+    pub max_manifest_size: u64,
+    pub hosted_writes: HostedWrites,
+}
+
+/// Who may push to and delete from hosted repositories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostedWrites {
+    /// Only clients on 127.0.0.0/8 and ::1.
+    Loopback,
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// Abandoned upload sessions older than this are deleted.
+    pub upload_expiry: Duration,
+    /// How often the upload purge runs.
+    pub upload_purge_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter directive such as `info` or `agent_registry=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl HostedWrites {
+    pub const ALL: [HostedWrites; 2] = [HostedWrites::Loopback, HostedWrites::Any];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostedWrites::Loopback => "loopback",
+            HostedWrites::Any => "any",
+        }
+    }
+}
+
+impl LogFormat {
+    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// A secret string: `Debug`, `Display` and `Serialize` give `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself: for sending it, never for logging it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// A config problem. `origin` says where the value came from:
+/// `config <path>`, `config embedded default` or `environment <VAR>`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: cannot read: {error}")]
+    Read {
+        origin: String,
+        error: std::io::Error,
+    },
+    #[error("{origin}: line {line} column {column}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: unknown key {key}")]
+    UnknownKey { origin: String, key: String },
+    #[error("{origin}: key {key}: {problem}")]
+    Invalid {
+        origin: String,
+        key: String,
+        problem: String,
+    },
+    /// A bad `--upstream NAME=URL` (user info in the url is redacted).
+    #[error("--upstream {spec}: {problem}")]
+    Flag { spec: String, problem: String },
+}
+
+fn invalid(origin: &str, key: &str, problem: String) -> ConfigError {
+    let (origin, key) = (origin.to_string(), key.to_string());
+    ConfigError::Invalid {
+        origin,
+        key,
+        problem,
+    }
+}
+
+// The file schema. Values arrive merged over the default, so every key is present.
+// `Serialize` renders the effective config (a `Secret` field renders as `<redacted>`).
+
+#[derive(Serialize)]
+struct RawConfig {
+    server: RawServer,
+    storage: RawStorage,
+    log: RawLog,
+    mirror: RawMirror,
+    upstreams: BTreeMap<String, ShownUpstream>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    max_manifest_size: String,
+    hosted_writes: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    data_dir: String,
+    upload_expiry: String,
+    upload_purge_interval: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+/// Reads the process environment: `std::env::var(name).ok()`.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Loads `path` (or the embedded default when `None`), applies
+    /// `AGENT_REGISTRY_*` overrides from `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::from_toml_str(DEFAULT_CONFIG_TOML, EMBEDDED, env);
+        };
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            origin: format!("config {origin}"),
+            error,
+        })?;
+        Config::from_toml_str(&text, &origin, env)
+    }
+
+    /// Same as [`Config::load`] from a string; `origin` names it in errors.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let label = format!("config {origin}");
+        let mut default = parse_table(DEFAULT_CONFIG_TOML, &format!("config {EMBEDDED}"))?;
+        let template = upstream::template();
+        upstream::complete_defaults(&mut default, &template);
+        let mut user = parse_table(text, &label)?;
+        for (key, value) in user.iter_mut() {
+            expand_value(value, key, env, &label)?;
+        }
+        let (mut merged, mut origins) = (default.clone(), Origins::default());
+        add_named(&mut merged, &user, &template, &label, &mut origins);
+        merge(&mut merged, user, "", &label, &mut origins)?;
+        apply_env(&mut merged, &default, env, &mut origins)?;
+        Config::build(merged, origin, &origins)
+    }
+
+    /// The embedded default with no env overrides.
+    pub fn embedded_default() -> Config {
+        // A test keeps the parsed default equal to `builtin`, so this never falls back.
+        Config::from_toml_str(DEFAULT_CONFIG_TOML, EMBEDDED, &|_| None)
+            .unwrap_or_else(|_| Config::builtin())
+    }
+
+    fn builtin() -> Config {
+        let server = ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
+            max_manifest_size: 4 << 20,
+            hosted_writes: HostedWrites::Loopback,
+        };
+        let storage = StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            upload_expiry: Duration::from_secs(24 * 3600),
+            upload_purge_interval: Duration::from_secs(3600),
+        };
+        let log = LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        };
+        let mirror = MirrorConfig {
+            default_upstream: Some("docker.io".into()),
+            hosted_prefixes: vec!["agents/".into()],
+            route_by_host: false,
+        };
+        let mut docker = UpstreamConfig::new("docker.io", "https://registry-1.docker.io");
+        let aliases = ["docker", "hub", "registry-1.docker.io", "index.docker.io"];
+        docker.aliases = aliases.map(String::from).to_vec();
+        docker.library_prefix = true;
+        let others = [
+            "gcr.io",
+            "ghcr.io",
+            "mcr.microsoft.com",
+            "public.ecr.aws",
+            "quay.io",
+            "registry.k8s.io",
+        ];
+        let others = others.map(|name| UpstreamConfig::new(name, &format!("https://{name}")));
+        Config {
+            server,
+            storage,
+            log,
+            mirror,
+            upstreams: [docker].into_iter().chain(others).collect(),
+            origin: EMBEDDED.into(),
+        }
+    }
+
+    /// The effective config as TOML, secrets replaced by `<redacted>`;
+    /// it parses back with [`Config::from_toml_str`].
+    pub fn to_toml_redacted(&self) -> String {
+        let (server, storage, log) = (&self.server, &self.storage, &self.log);
+        let raw = RawConfig {
+            server: RawServer {
+                listen: server.listen.to_string(),
+                max_manifest_size: format_size(server.max_manifest_size),
+                hosted_writes: server.hosted_writes.as_str().into(),
+            },
+            storage: RawStorage {
+                data_dir: storage.data_dir.to_string_lossy().into(),
+                upload_expiry: format_duration(storage.upload_expiry),
+                upload_purge_interval: format_duration(storage.upload_purge_interval),
+            },
+            log: RawLog {
+                level: log.level.clone(),
+                format: log.format.as_str().into(),
+            },
+            mirror: upstream::show_mirror(&self.mirror),
+            upstreams: upstream::show_upstreams(&self.upstreams),
+        };
+        let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        // Values hold no `${VAR}` any more: escape so reading it back does not expand again.
+        let body = body.replace("${", "$${");
+        let origin = self.origin.replace(['\r', '\n'], " ");
+        format!("# effective configuration, loaded from {origin}\n{body}")
+    }
+
+    fn build(mut table: Table, origin: &str, o: &Origins) -> Result<Config, ConfigError> {
+        let server: RawServer = o.section(&mut table, "server")?;
+        let storage: RawStorage = o.section(&mut table, "storage")?;
+        let log: RawLog = o.section(&mut table, "log")?;
+        let size = &server.max_manifest_size;
+        let too_large = format!("{size:?} is larger than the limit of 64MiB");
+        let manifest_size = positive(parse_size(size))
+            .and_then(|n| (n <= MAX_MANIFEST_SIZE_LIMIT).then_some(n).ok_or(too_large));
+        let writes = one_of(
+            &server.hosted_writes,
+            &HostedWrites::ALL,
+            HostedWrites::as_str,
+        );
+        let format = one_of(&log.format, &LogFormat::ALL, LogFormat::as_str);
+        let expiry = positive(parse_duration(&storage.upload_expiry));
+        let purge = positive(parse_duration(&storage.upload_purge_interval));
+        let server = ServerConfig {
+            listen: o.check("server.listen", parse_socket_addr(&server.listen))?,
+            max_manifest_size: o.check("server.max_manifest_size", manifest_size)?,
+            hosted_writes: o.check("server.hosted_writes", writes)?,
+        };
+        let storage = StorageConfig {
+            data_dir: PathBuf::from(o.check("storage.data_dir", non_empty(&storage.data_dir))?),
+            upload_expiry: o.check("storage.upload_expiry", expiry)?,
+            upload_purge_interval: o.check("storage.upload_purge_interval", purge)?,
+        };
+        let log = LogConfig {
+            level: o.check("log.level", non_empty(&log.level))?,
+            format: o.check("log.format", format)?,
+        };
+        let mirror: RawMirror = o.section(&mut table, "mirror")?;
+        let upstreams = upstream::build_upstreams(&mut table, o)?;
+        let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
+        let (upstreams, _disabled) = upstreams;
+        Ok(Config {
+            server,
+            storage,
+            log,
+            mirror,
+            upstreams,
+            origin: origin.to_string(),
+        })
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("invalid socket address {s:?}"))
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    match s.trim() {
+        "" => Err("must not be empty".into()),
+        _ => Ok(s.to_string()),
+    }
+}
+
+/// Rejects zero (`0` bytes, a zero duration).
+fn positive<T: Default + PartialEq>(parsed: Result<T, String>) -> Result<T, String> {
+    parsed.and_then(|v| match v == T::default() {
+        true => Err("must be greater than 0".into()),
+        false => Ok(v),
+    })
+}
+
+/// Picks the value of `all` named `s`.
+fn one_of<T: Copy>(s: &str, all: &[T], name: fn(T) -> &'static str) -> Result<T, String> {
+    all.iter().copied().find(|v| name(*v) == s).ok_or_else(|| {
+        let names: Vec<String> = all.iter().map(|v| format!("{:?}", name(*v))).collect();
+        format!("invalid value {s:?}: expected {}", names.join(" or "))
+    })
+}

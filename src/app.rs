@@ -74,6 +74,11 @@ impl App {
                 error_response(&e, head)
             }
         };
+        if head {
+            // A HEAD response never has a body. HTTP/1 drops one, but over HTTP/2 it would
+            // be sent and the client resets the stream (HEAD /v2/, HEAD /healthz).
+            *resp.body_mut() = crate::server::body::empty();
+        }
         resp.headers_mut().insert(
             "docker-distribution-api-version",
             HeaderValue::from_static("registry/2.0"),

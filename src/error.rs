@@ -82,7 +82,7 @@ impl From<UploadError> for Error {
             UploadError::Unknown(id) => {
                 Error::not_found(ErrorCode::BlobUploadUnknown, format!("upload {id} unknown"))
             }
-            UploadError::OutOfOrder { .. } => Error::client(
+            UploadError::OutOfOrder { .. } | UploadError::RangeMismatch { .. } => Error::client(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::BlobUploadInvalid,
                 e.to_string(),

@@ -78,8 +78,20 @@ pub async fn get(
     {
         return Err(unknown());
     }
-    let Some((mut file, size)) = app.storage.blobs.open_file(&digest).await? else {
-        return Err(unknown());
+    serve_file(app, &digest, headers, head)
+        .await?
+        .ok_or_else(unknown)
+}
+
+/// Serves a committed blob from disk, honouring `Range`. None if it is not on disk.
+pub async fn serve_file(
+    app: &App,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Option<Response<Body>>> {
+    let Some((mut file, size)) = app.storage.blobs.open_file(digest).await? else {
+        return Ok(None);
     };
     let range = parse_range(
         headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
@@ -88,12 +100,7 @@ pub async fn get(
     let (code, start, len) = match range {
         RangeReq::Full => (StatusCode::OK, 0, size),
         RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        RangeReq::Unsatisfiable => {
-            let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
-            r.headers_mut()
-                .insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
-            return Ok(r);
-        }
+        RangeReq::Unsatisfiable => return Ok(Some(unsatisfiable(size))),
     };
     let mut resp = if head {
         status(code)
@@ -107,6 +114,26 @@ pub async fn get(
         *r.status_mut() = code;
         r
     };
+    blob_headers(&mut resp, digest, code, start, len, size);
+    Ok(Some(resp))
+}
+
+pub fn unsatisfiable(size: u64) -> Response<Body> {
+    let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
+    r.headers_mut()
+        .insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+    r
+}
+
+/// Headers of a blob response: length, digest, ranges.
+pub fn blob_headers(
+    resp: &mut Response<Body>,
+    digest: &Digest,
+    code: StatusCode,
+    start: u64,
+    len: u64,
+    size: u64,
+) {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
@@ -122,7 +149,6 @@ pub async fn get(
             hv(&format!("bytes {start}-{}/{size}", start + len - 1)),
         );
     }
-    Ok(resp)
 }
 
 pub async fn delete(app: &Arc<App>, name: &RepoName, d: &str) -> Result<Response<Body>> {

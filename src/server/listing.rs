@@ -71,9 +71,19 @@ pub async fn tags(app: &Arc<App>, name: &RepoName, uri: &Uri) -> Result<Response
     ))
 }
 
+/// Hosted repositories and the mirrored ones we hold tags of (`<upstream>/<repo>`).
 pub async fn catalog(app: &Arc<App>, uri: &Uri) -> Result<Response<Body>> {
     let (n, last) = page(uri)?;
-    let repos = app.storage.meta.repositories(last, fetch_count(n)).await?;
+    let meta = &app.storage.meta;
+    let mut repos = meta.repositories(last.clone(), fetch_count(n)).await?;
+    repos.extend(
+        meta.mirror_repositories()
+            .await?
+            .into_iter()
+            .filter(|r| last.as_ref().is_none_or(|l| r > l)),
+    );
+    repos.sort();
+    repos.dedup();
     Ok(paginate(
         repos,
         n,

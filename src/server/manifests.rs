@@ -17,6 +17,16 @@ fn reference(r: &str) -> Result<Reference> {
     })
 }
 
+/// A reference to read or delete. A tag outside the tag grammar can name nothing, so it
+/// is unknown (404, as the conformance suite expects), not invalid; a malformed digest
+/// stays a 400 DIGEST_INVALID.
+fn existing_reference(name: &RepoName, r: &str) -> Result<Reference> {
+    match Reference::parse(r) {
+        Err(crate::oci::NameError::Tag(_)) => Err(unknown(name, r)),
+        _ => reference(r),
+    }
+}
+
 fn unknown(name: &RepoName, r: &str) -> Error {
     Error::not_found(
         ErrorCode::ManifestUnknown,
@@ -26,7 +36,7 @@ fn unknown(name: &RepoName, r: &str) -> Error {
 
 /// Resolves a reference to a digest string in `name`.
 async fn resolve(app: &App, name: &RepoName, r: &str) -> Result<String> {
-    match reference(r)? {
+    match existing_reference(name, r)? {
         Reference::Tag(t) => app
             .storage
             .meta
@@ -120,6 +130,22 @@ pub async fn put(
         }
         Reference::Tag(_) => Digest::sha256_of(&body),
     };
+    // Every tag is checked before anything is stored, so a bad `?tag=` leaves no trace.
+    let mut tags: Vec<String> = Vec::new();
+    if let Reference::Tag(t) = &reference {
+        tags.push(t.clone());
+    }
+    for (k, v) in &q {
+        if k == "tag" {
+            if !crate::oci::name::valid_tag(v) {
+                return Err(Error::bad_request(
+                    ErrorCode::ManifestInvalid,
+                    format!("invalid tag {v:?}"),
+                ));
+            }
+            tags.push(v.clone());
+        }
+    }
     let meta = &app.storage.meta;
     let blobs: Vec<String> = info.blobs.iter().map(ToString::to_string).collect();
     let children: Vec<String> = info.children.iter().map(ToString::to_string).collect();
@@ -139,21 +165,6 @@ pub async fn put(
             )))
         }
     }
-    let mut tags: Vec<String> = Vec::new();
-    if let Reference::Tag(t) = &reference {
-        tags.push(t.clone());
-    }
-    for (k, v) in &q {
-        if k == "tag" {
-            if !crate::oci::name::valid_tag(v) {
-                return Err(Error::bad_request(
-                    ErrorCode::ManifestInvalid,
-                    format!("invalid tag {v:?}"),
-                ));
-            }
-            tags.push(v.clone());
-        }
-    }
     let subject = info.subject.as_ref().map(ToString::to_string);
     meta.put_manifest(NewManifest {
         repo: name.to_string(),
@@ -167,7 +178,7 @@ pub async fn put(
             .as_ref()
             .and_then(|a| serde_json::to_string(a).ok()),
         refs: blobs.into_iter().chain(children).collect(),
-        tags,
+        tags: tags.clone(),
     })
     .await?;
     let mut resp = Response::new(empty());
@@ -179,12 +190,17 @@ pub async fn put(
     if let Some(s) = subject {
         h.insert("oci-subject", hv(&s));
     }
+    // One OCI-Tag per applied tag, so a client that pushed by digest with `?tag=` knows
+    // the tags were honoured.
+    for t in &tags {
+        h.append("oci-tag", hv(t));
+    }
     Ok(resp)
 }
 
 pub async fn delete(app: &Arc<App>, name: &RepoName, r: &str) -> Result<Response<Body>> {
     let meta = &app.storage.meta;
-    let found = match reference(r)? {
+    let found = match existing_reference(name, r)? {
         Reference::Tag(t) => meta.delete_tag(name.as_str(), &t).await?,
         Reference::Digest(d) => meta.delete_manifest(name.as_str(), &d.to_string()).await?,
     };

@@ -49,9 +49,9 @@ fn range_error(msg: String) -> Error {
     )
 }
 
-/// The start offset a chunk claims with `Content-Range: <start>-<end>`, checked against
-/// its `Content-Length`.
-fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
+/// The first and last byte a chunk claims with `Content-Range: <start>-<end>`, checked
+/// against its `Content-Length` (storage checks the body itself).
+fn chunk_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     let Some(v) = h.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -65,7 +65,8 @@ fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
         .split_once('-')
         .ok_or_else(|| range_error(format!("malformed Content-Range {s:?}")))?;
     let (start, end) = match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
-        (Ok(a), Ok(b)) if a <= b => (a, b),
+        // `end + 1` must exist: no chunk ends on the last u64.
+        (Ok(a), Ok(b)) if a <= b && b < u64::MAX => (a, b),
         _ => return Err(range_error(format!("malformed Content-Range {s:?}"))),
     };
     let len = h
@@ -79,7 +80,7 @@ fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
             )));
         }
     }
-    Ok(Some(start))
+    Ok(Some((start, end)))
 }
 
 pub async fn start(
@@ -141,11 +142,11 @@ pub async fn patch(
     id: Uuid,
     req: Request<ReqBody>,
 ) -> Result<Response<Body>> {
-    let start = chunk_start(req.headers())?;
+    let range = chunk_range(req.headers())?;
     let body = data_stream(req.into_body());
     let offset = app
         .storage
-        .upload_append(name.as_str(), id, start, body)
+        .upload_append(name.as_str(), id, range, body)
         .await?;
     let mut r = status(StatusCode::ACCEPTED);
     progress(&mut r, name, id, offset);
@@ -166,10 +167,10 @@ pub async fn finish(
         )
     })?;
     let digest = parse_digest(d)?;
-    let start = chunk_start(req.headers())?;
+    let range = chunk_range(req.headers())?;
     let body = data_stream(req.into_body());
     app.storage
-        .upload_finish(name.as_str(), id, &digest, start, body)
+        .upload_finish(name.as_str(), id, &digest, range, body)
         .await?;
     Ok(created(name, &digest.to_string()))
 }

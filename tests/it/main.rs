@@ -4,5 +4,7 @@ mod support;
 
 mod api;
 mod cli;
+mod conformance;
 mod crash;
+mod garbage;
 mod interop;

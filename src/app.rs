@@ -3,6 +3,7 @@
 
 use crate::config::{Config, HostedWrites};
 use crate::error::{Error, Result};
+use crate::mirror::{self, Mirror, Proxy, Target};
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::body::{error_response, Body, BoxError, ReqBody};
 use crate::server::router::{self, Route};
@@ -19,7 +20,33 @@ use std::time::Instant;
 pub struct App {
     pub config: Config,
     pub storage: Arc<Storage>,
+    pub mirror: Mirror,
     draining: AtomicBool,
+}
+
+/// How a request was served with respect to the cache; `as_str` feeds logs, metrics
+/// and the `X-Cache` response header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Coalesced,
+    Stale,
+    Revalidated,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Coalesced => "coalesced",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
 }
 
 /// What one request did, for the access log line written once at the end.
@@ -27,14 +54,28 @@ pub struct Ctx {
     pub route: &'static str,
     pub repo: Option<String>,
     pub peer: SocketAddr,
+    pub cache: CacheStatus,
+    pub upstream: Option<String>,
+    pub ns: Option<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 impl App {
-    pub fn new(config: Config) -> std::result::Result<Arc<App>, crate::storage::StorageError> {
+    pub fn new(config: Config) -> std::result::Result<Arc<App>, StartError> {
         let storage = Arc::new(Storage::open(&config.storage.data_dir)?);
+        let mirror = Mirror::new(&config)?;
         Ok(Arc::new(App {
             config,
             storage,
+            mirror,
             draining: AtomicBool::new(false),
         }))
     }
@@ -63,6 +104,9 @@ impl App {
             route: route.label(),
             repo: route.repo().map(str::to_string),
             peer,
+            cache: CacheStatus::Bypass,
+            upstream: None,
+            ns: None,
         };
         let head = method == Method::HEAD;
         let mut resp = match self.dispatch(route, req, &mut ctx).await {
@@ -79,10 +123,22 @@ impl App {
             // be sent and the client resets the stream (HEAD /v2/, HEAD /healthz).
             *resp.body_mut() = crate::server::body::empty();
         }
-        resp.headers_mut().insert(
+        if head {
+            // A HEAD response never has a body. HTTP/1 drops one, but over HTTP/2 it would
+            // be sent and the client resets the stream (HEAD /v2/, HEAD /healthz).
+            *resp.body_mut() = crate::server::body::empty();
+        }
+        let h = resp.headers_mut();
+        h.insert(
             "docker-distribution-api-version",
             HeaderValue::from_static("registry/2.0"),
         );
+        if let Some(ns) = &ctx.ns {
+            h.insert("oci-namespace", crate::server::body::hv(ns));
+        }
+        if ctx.upstream.is_some() {
+            h.insert("x-cache", HeaderValue::from_static(ctx.cache.as_str()));
+        }
         tracing::info!(
             target: "access",
             client = %ctx.peer.ip(),
@@ -90,6 +146,8 @@ impl App {
             route = ctx.route,
             repo = ctx.repo.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
+            cache = ctx.cache.as_str(),
+            upstream = ctx.upstream.as_deref().unwrap_or("-"),
             duration_us = start.elapsed().as_micros() as u64,
         );
         resp
@@ -101,59 +159,111 @@ impl App {
         req: Request<ReqBody>,
         ctx: &mut Ctx,
     ) -> Result<Response<Body>> {
-        let method = req.method().clone();
-        if matches!(
-            method,
-            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-        ) {
-            self.check_write(ctx.peer)?;
+        let m = req.method().clone();
+        let name = match route.repo() {
+            Some(n) => repo(n)?,
+            None => {
+                return match route {
+                    Route::Base if m == Method::GET || m == Method::HEAD => Ok(health::base()),
+                    Route::Healthz => Ok(health::healthz()),
+                    Route::Readyz => Ok(health::readyz(self).await),
+                    Route::Health => Ok(health::detailed(self).await),
+                    Route::Catalog if m == Method::GET => listing::catalog(self, req.uri()).await,
+                    Route::NotFound => {
+                        Err(Error::not_found(ErrorCode::Unsupported, "no such endpoint"))
+                    }
+                    _ => Err(unsupported(&m)),
+                };
+            }
+        };
+        let q = query(req.uri());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        match self.mirror.resolve(&name, query_get(&q, "ns"), host)? {
+            Target::Hosted(name) => {
+                if matches!(
+                    m,
+                    Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+                ) {
+                    self.check_write(ctx.peer)?;
+                }
+                self.hosted(route, &name, req).await
+            }
+            Target::Proxy(p) => {
+                ctx.upstream = Some(p.upstream.name().to_string());
+                ctx.ns = p.ns.clone();
+                self.proxied(route, &name, &p, req, ctx).await
+            }
         }
-        let m = &method;
+    }
+
+    /// A request for a repository hosted here.
+    async fn hosted(
+        self: &Arc<Self>,
+        route: Route<'_>,
+        name: &RepoName,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Body>> {
+        let m = req.method().clone();
         match route {
-            Route::Base if m == Method::GET || m == Method::HEAD => Ok(health::base()),
-            Route::Healthz => Ok(health::healthz()),
-            Route::Readyz => Ok(health::readyz(self).await),
-            Route::Health => Ok(health::detailed(self).await),
-            Route::Catalog if m == Method::GET => listing::catalog(self, req.uri()).await,
-            Route::Tags(n) if m == Method::GET => listing::tags(self, &repo(n)?, req.uri()).await,
-            Route::Referrers(n, d) if m == Method::GET => {
-                listing::referrers(self, &repo(n)?, d, req.uri()).await
+            Route::Tags(_) if m == Method::GET => listing::tags(self, name, req.uri()).await,
+            Route::Referrers(_, d) if m == Method::GET => {
+                listing::referrers(self, name, d, req.uri()).await
             }
-            Route::Manifest(n, r) => {
-                let name = repo(n)?;
-                match *m {
-                    Method::GET => manifests::get(self, &name, r, false).await,
-                    Method::HEAD => manifests::get(self, &name, r, true).await,
-                    Method::PUT => manifests::put(self, &name, r, req).await,
-                    Method::DELETE => manifests::delete(self, &name, r).await,
-                    _ => Err(unsupported(m)),
-                }
-            }
-            Route::Blob(n, d) => {
-                let name = repo(n)?;
-                match *m {
-                    Method::GET => blobs::get(self, &name, d, req.headers(), false).await,
-                    Method::HEAD => blobs::get(self, &name, d, req.headers(), true).await,
-                    Method::DELETE => blobs::delete(self, &name, d).await,
-                    _ => Err(unsupported(m)),
-                }
-            }
-            Route::UploadStart(n) if m == Method::POST => {
-                uploads::start(self, &repo(n)?, req).await
-            }
-            Route::Upload(n, id) => {
-                let name = repo(n)?;
+            Route::Manifest(_, r) => match m {
+                Method::GET => manifests::get(self, name, r, false).await,
+                Method::HEAD => manifests::get(self, name, r, true).await,
+                Method::PUT => manifests::put(self, name, r, req).await,
+                Method::DELETE => manifests::delete(self, name, r).await,
+                _ => Err(unsupported(&m)),
+            },
+            Route::Blob(_, d) => match m {
+                Method::GET => blobs::get(self, name, d, req.headers(), false).await,
+                Method::HEAD => blobs::get(self, name, d, req.headers(), true).await,
+                Method::DELETE => blobs::delete(self, name, d).await,
+                _ => Err(unsupported(&m)),
+            },
+            Route::UploadStart(_) if m == Method::POST => uploads::start(self, name, req).await,
+            Route::Upload(_, id) => {
                 let id = uploads::parse_id(id)?;
-                match *m {
-                    Method::GET => uploads::progress_of(self, &name, id).await,
-                    Method::PATCH => uploads::patch(self, &name, id, req).await,
-                    Method::PUT => uploads::finish(self, &name, id, req).await,
-                    Method::DELETE => uploads::cancel(self, &name, id).await,
-                    _ => Err(unsupported(m)),
+                match m {
+                    Method::GET => uploads::progress_of(self, name, id).await,
+                    Method::PATCH => uploads::patch(self, name, id, req).await,
+                    Method::PUT => uploads::finish(self, name, id, req).await,
+                    Method::DELETE => uploads::cancel(self, name, id).await,
+                    _ => Err(unsupported(&m)),
                 }
             }
-            Route::NotFound => Err(Error::not_found(ErrorCode::Unsupported, "no such endpoint")),
-            _ => Err(unsupported(m)),
+            _ => Err(unsupported(&m)),
+        }
+    }
+
+    /// A request for a repository of an upstream: reads only.
+    async fn proxied(
+        self: &Arc<Self>,
+        route: Route<'_>,
+        name: &RepoName,
+        p: &Proxy,
+        req: Request<ReqBody>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>> {
+        let m = req.method().clone();
+        let head = m == Method::HEAD;
+        match route {
+            Route::Manifest(_, r) if m == Method::GET || head => mirror::manifests::get(self, p, r, head, ctx).await,
+            Route::Blob(_, d) if m == Method::GET || head => {
+                mirror::blobs::get(self, p, d, req.headers(), head, ctx).await
+            }
+            Route::Tags(_) if m == Method::GET => mirror::listing::tags(self, name, p, req.uri(), ctx).await,
+            Route::Referrers(_, d) if m == Method::GET => mirror::listing::referrers(self, p, d, req.uri(), ctx).await,
+            _ if m == Method::GET || head => Err(unsupported(&m)),
+            _ => Err(Error::client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::Unsupported,
+                format!("{name} is mirrored from upstream {}: pushes and deletes are not supported here", p.upstream.name()),
+            )),
         }
     }
 

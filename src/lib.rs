@@ -8,6 +8,7 @@
 //! - `app`: `App`, the shared state, and `App::handle`, the one request entry point
 //! - `error`: the request-path error type
 //! - `cli`: the `agent` client commands
+//! - `upstream`: the outbound HTTP client of the mirror (token auth, retries, timeouts)
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -15,6 +16,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod mirror;
 pub mod oci;
 pub mod server;
 pub mod storage;
+pub mod upstream;

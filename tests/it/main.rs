@@ -8,3 +8,6 @@ mod conformance;
 mod crash;
 mod garbage;
 mod interop;
+mod mirror;
+mod mirror_faults;
+mod upstream;

@@ -148,3 +148,46 @@ pub fn image_manifest(
     }
     serde_json::to_vec(&m).expect("json")
 }
+
+/// A streamed GET: the body is hashed as it arrives, never held whole.
+pub struct Hashed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub digest: String,
+    pub len: u64,
+}
+
+impl Http {
+    /// GETs `path` and hashes the body as it streams; Err if the body breaks off.
+    pub async fn get_hashed(&self, path: &str, headers: &[(&str, &str)]) -> Result<Hashed, String> {
+        use sha2::Digest as _;
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).expect("request");
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("request: {e:?}"))?;
+        let (parts, mut body) = resp.into_parts();
+        let mut h = sha2::Sha256::new();
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("body broke off after {len} bytes: {e:?}"))?;
+            if let Some(d) = frame.data_ref() {
+                h.update(d);
+                len += d.len() as u64;
+            }
+        }
+        Ok(Hashed {
+            status: parts.status,
+            headers: parts.headers,
+            digest: format!("sha256:{}", hex::encode(h.finalize())),
+            len,
+        })
+    }
+}

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod distribution;
+pub mod fake_upstream;
 pub mod http;
 pub mod image;
 pub mod server;

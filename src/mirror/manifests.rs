@@ -1,0 +1,354 @@
+//! Proxied manifests. By digest: immutable, served from the cache without asking the
+//! upstream. By tag: a cached tag -> digest mapping, fresh for `tag_ttl` (forever for
+//! `immutable_tags`); when stale it is revalidated with a HEAD (which Docker Hub does not
+//! count as a pull) and the manifest is fetched again only if the digest moved. When the
+//! upstream is unreachable, failing or rate-limiting, the stale mapping is served (up to
+//! `max_stale`) with a `Warning` header. Bytes are cached exactly as the upstream sent them.
+
+use super::{upstream_error, Proxy};
+use crate::app::{App, CacheStatus, Ctx};
+use crate::error::{Error, Result};
+use crate::oci::{manifest, Digest, ErrorCode, Reference};
+use crate::server::body::{full, hv, status, Body};
+use crate::storage::mirror_meta::{now_ms, TagRow};
+use crate::storage::Commit;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use std::sync::Arc;
+
+/// What the mirror asks upstreams for; nothing is converted, so every format is accepted.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+const STALE_WARNING: &str = "110 - \"Response is Stale\"";
+
+fn unknown(p: &Proxy, r: &str) -> Error {
+    Error::not_found(
+        ErrorCode::ManifestUnknown,
+        format!(
+            "manifest {r} unknown in {} at upstream {}",
+            p.repo,
+            p.upstream.name()
+        ),
+    )
+}
+
+fn accept_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT));
+    h
+}
+
+pub async fn get(
+    app: &Arc<App>,
+    p: &Proxy,
+    r: &str,
+    head: bool,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>> {
+    let reference = Reference::parse(r).map_err(|e| match e {
+        crate::oci::NameError::Tag(_) => unknown(p, r),
+        other => Error::bad_request(ErrorCode::DigestInvalid, other.to_string()),
+    })?;
+    match reference {
+        Reference::Digest(d) => {
+            let (mt, size, status) = by_digest(app, p, &d).await?;
+            ctx.cache = status;
+            respond(app, &d, &mt, size, head, None).await
+        }
+        Reference::Tag(t) => by_tag(app, p, &t, head, ctx).await,
+    }
+}
+
+/// The cached manifest `d`, fetched from the upstream if it is not cached yet.
+async fn by_digest(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<(String, u64, CacheStatus)> {
+    let meta = &app.storage.meta;
+    if let Some((mt, size)) = meta.mirror_manifest(&d.to_string()).await? {
+        if app.storage.blobs.stat(d).await?.is_some() {
+            return Ok((mt, size, CacheStatus::Hit));
+        }
+    }
+    let (got, mt, bytes) = fetch(app, p, &d.to_string()).await?;
+    if got != *d {
+        return Err(Error::client(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Unknown,
+            format!(
+                "upstream {}: manifest {d} in {}: the bytes have digest {got}",
+                p.upstream.name(),
+                p.repo
+            ),
+        ));
+    }
+    Ok((mt, bytes.len() as u64, CacheStatus::Miss))
+}
+
+/// GETs a manifest by tag or digest from the upstream, verifies it, stores it. Returns
+/// its digest, media type and bytes.
+async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, String, Bytes)> {
+    let up = &p.upstream;
+    let path = format!("/v2/{}/manifests/{reference}", p.repo);
+    let what = format!("GET manifest {reference} of {}", p.repo);
+    let resp = match up.send(Method::GET, &path, &p.repo, accept_headers()).await {
+        Ok(r) => r,
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(unknown(p, reference)),
+        Err(e) => return Err(upstream_error(&e)),
+    };
+    let mt = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let claimed = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok());
+    let limit = app.config.server.max_manifest_size;
+    let mut body = up.body(resp);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| upstream_error(&e))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(Error::client(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::SizeInvalid,
+                format!(
+                    "upstream {}: {what}: manifest larger than {limit} bytes",
+                    up.name()
+                ),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let bytes = buf.freeze();
+    let digest =
+        match reference.parse::<Digest>() {
+            Ok(d) => {
+                let mut h = d.algorithm().hasher();
+                h.update(&bytes);
+                h.finish()
+            }
+            Err(_) => match &claimed {
+                Some(c) if !c.matches(&bytes) => return Err(Error::client(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unknown,
+                    format!(
+                        "upstream {}: {what}: body does not match its Docker-Content-Digest {c}",
+                        up.name()
+                    ),
+                )),
+                Some(c) => c.clone(),
+                None => Digest::sha256_of(&bytes),
+            },
+        };
+    // The media type comes from the upstream's Content-Type, else from the body.
+    let mt = if mt.is_empty() || mt.starts_with("text/") || mt == "application/octet-stream" {
+        manifest::parse(&bytes, "")
+            .map(|i| i.media_type)
+            .map_err(|e| {
+                Error::client(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::ManifestInvalid,
+                    format!("upstream {}: {what}: {e}", up.name()),
+                )
+            })?
+    } else {
+        mt.split(';').next().unwrap_or("").trim().to_string()
+    };
+    if let Commit::Stored { .. } = app.storage.blobs.put_bytes(&digest, &bytes).await? {
+        app.storage
+            .meta
+            .put_mirror_manifest(&digest.to_string(), &mt, bytes.len() as u64)
+            .await?;
+    }
+    Ok((digest, mt, bytes))
+}
+
+async fn by_tag(
+    app: &Arc<App>,
+    p: &Proxy,
+    tag: &str,
+    head: bool,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>> {
+    let up = &p.upstream;
+    let cfg = up.config();
+    let meta = &app.storage.meta;
+    let cached = meta.mirror_tag(up.name(), &p.repo, tag).await?;
+    let now = now_ms();
+    if let Some(row) = &cached {
+        let age = now.saturating_sub(row.fetched_ms) as u128;
+        if age < cfg.tag_ttl.as_millis() || cfg.immutable_tags.iter().any(|re| re.is_match(tag)) {
+            ctx.cache = CacheStatus::Hit;
+            return serve_row(app, p, row, head, None).await;
+        }
+    }
+    // Stale or unknown: ask the upstream. A HEAD when we hold a mapping (or the client only
+    // wants headers), a GET otherwise.
+    let path = format!("/v2/{}/manifests/{tag}", p.repo);
+    let revalidate = cached.is_some() || head;
+    let answer = if revalidate {
+        up.send(Method::HEAD, &path, &p.repo, accept_headers())
+            .await
+            .map(|r| {
+                let h = r.headers();
+                let digest = h
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<Digest>().ok());
+                let mt = h
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+                let len = h
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                (digest, mt, len)
+            })
+    } else {
+        Ok((None, None, None))
+    };
+    match answer {
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+            if let (Some(row), true) = (&cached, cfg.serve_stale_on_404) {
+                ctx.cache = CacheStatus::Stale;
+                return serve_row(app, p, row, head, Some(STALE_WARNING)).await;
+            }
+            meta.delete_mirror_tag(up.name(), &p.repo, tag).await?;
+            Err(unknown(p, tag))
+        }
+        Err(e) if e.is_unavailable() => match &cached {
+            Some(row)
+                if (now.saturating_sub(row.fetched_ms) as u128)
+                    < (cfg.tag_ttl + cfg.max_stale).as_millis() =>
+            {
+                tracing::warn!(upstream = up.name(), repo = %p.repo, tag, error = %e, "upstream unavailable, serving stale tag");
+                ctx.cache = CacheStatus::Stale;
+                serve_row(app, p, row, head, Some(STALE_WARNING)).await
+            }
+            _ => Err(upstream_error(&e)),
+        },
+        Err(e) => Err(upstream_error(&e)),
+        Ok((Some(d), _, _)) if cached.as_ref().is_some_and(|r| r.digest == d.to_string()) => {
+            let mut row = cached.clone().unwrap_or_else(|| unreachable_row(&d));
+            row.fetched_ms = now;
+            meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
+                .await?;
+            ctx.cache = CacheStatus::Revalidated;
+            serve_row(app, p, &row, head, None).await
+        }
+        Ok((Some(d), Some(mt), Some(len))) if head => {
+            // A HEAD from the client on a tag we do not hold: remember the mapping; the
+            // manifest itself is fetched by digest when it is asked for.
+            let row = TagRow {
+                digest: d.to_string(),
+                media_type: mt,
+                size: len,
+                fetched_ms: now,
+            };
+            meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
+                .await?;
+            ctx.cache = CacheStatus::Miss;
+            serve_row(app, p, &row, true, None).await
+        }
+        Ok(_) => {
+            let (d, mt, bytes) = fetch(app, p, tag).await?;
+            let row = TagRow {
+                digest: d.to_string(),
+                media_type: mt,
+                size: bytes.len() as u64,
+                fetched_ms: now,
+            };
+            meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
+                .await?;
+            ctx.cache = CacheStatus::Miss;
+            respond_bytes(&d, &row.media_type, bytes, head, None)
+        }
+    }
+}
+
+fn unreachable_row(d: &Digest) -> TagRow {
+    TagRow {
+        digest: d.to_string(),
+        media_type: String::new(),
+        size: 0,
+        fetched_ms: 0,
+    }
+}
+
+/// Serves the manifest a tag row points at, fetching it by digest if only the mapping is known.
+async fn serve_row(
+    app: &Arc<App>,
+    p: &Proxy,
+    row: &TagRow,
+    head: bool,
+    warning: Option<&str>,
+) -> Result<Response<Body>> {
+    let d: Digest = row.digest.parse().map_err(|_| {
+        Error::Internal(format!(
+            "cached tag maps to malformed digest {}",
+            row.digest
+        ))
+    })?;
+    if head {
+        return respond(app, &d, &row.media_type, row.size, true, warning).await;
+    }
+    let (mt, size, _) = by_digest(app, p, &d).await?;
+    respond(app, &d, &mt, size, false, warning).await
+}
+
+/// Serves a cached manifest's bytes, verified against the digest.
+pub async fn respond(
+    app: &App,
+    d: &Digest,
+    media_type: &str,
+    size: u64,
+    head: bool,
+    warning: Option<&str>,
+) -> Result<Response<Body>> {
+    if head {
+        let mut r = status(StatusCode::OK);
+        headers(&mut r, d, media_type, size, warning);
+        return Ok(r);
+    }
+    let bytes = tokio::fs::read(app.storage.blobs.path(d))
+        .await
+        .map_err(|e| Error::Internal(format!("cached manifest {d}: {e}")))?;
+    if !d.matches(&bytes) {
+        return Err(Error::Internal(format!(
+            "cached manifest {d}: stored bytes do not match"
+        )));
+    }
+    respond_bytes(d, media_type, Bytes::from(bytes), false, warning)
+}
+
+fn respond_bytes(
+    d: &Digest,
+    media_type: &str,
+    bytes: Bytes,
+    head: bool,
+    warning: Option<&str>,
+) -> Result<Response<Body>> {
+    let size = bytes.len() as u64;
+    let mut r = if head {
+        status(StatusCode::OK)
+    } else {
+        Response::new(full(bytes))
+    };
+    headers(&mut r, d, media_type, size, warning);
+    Ok(r)
+}
+
+fn headers(r: &mut Response<Body>, d: &Digest, media_type: &str, size: u64, warning: Option<&str>) {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert("docker-content-digest", hv(&d.to_string()));
+    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    if let Some(w) = warning {
+        h.insert(header::WARNING, hv(w));
+    }
+}

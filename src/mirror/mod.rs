@@ -1,0 +1,76 @@
+//! The pull-through mirror: which upstream serves a request, and the proxied manifest,
+//! blob, tag-list and referrers handlers. Hosted repositories never come here.
+
+pub mod blobs;
+pub mod listing;
+pub mod manifests;
+pub mod route;
+
+use crate::cache::Fills;
+use crate::config::Config;
+use crate::error::Error;
+use crate::upstream::{Upstream, UpstreamError};
+use http::StatusCode;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use route::{Proxy, Target};
+
+/// Every configured upstream, the names and aliases they answer to, and the fills in flight.
+pub struct Mirror {
+    pub upstreams: Vec<Arc<Upstream>>,
+    by_name: HashMap<String, Arc<Upstream>>,
+    default: Option<Arc<Upstream>>,
+    hosted_prefixes: Vec<String>,
+    route_by_host: bool,
+    pub fills: Arc<Fills>,
+}
+
+impl Mirror {
+    pub fn new(config: &Config) -> Result<Mirror, UpstreamError> {
+        let mut upstreams = Vec::new();
+        let mut by_name = HashMap::new();
+        for u in &config.upstreams {
+            let up = Arc::new(Upstream::new(u.clone())?);
+            by_name.insert(u.name.clone(), up.clone());
+            for a in &u.aliases {
+                by_name.insert(a.clone(), up.clone());
+            }
+            upstreams.push(up);
+        }
+        let default = config
+            .mirror
+            .default_upstream
+            .as_ref()
+            .and_then(|n| by_name.get(n).cloned());
+        Ok(Mirror {
+            upstreams,
+            by_name,
+            default,
+            hosted_prefixes: config.mirror.hosted_prefixes.clone(),
+            route_by_host: config.mirror.route_by_host,
+            fills: Arc::new(Fills::default()),
+        })
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.by_name.get(name)
+    }
+}
+
+/// Maps an upstream failure to the response side: the upstream's own 4xx is passed on
+/// by the caller; unreachable or failing upstreams are 502/504, never 500.
+pub fn upstream_error(e: &UpstreamError) -> Error {
+    let (status, code) = match e {
+        UpstreamError::Timeout { .. } => {
+            (StatusCode::GATEWAY_TIMEOUT, crate::oci::ErrorCode::Unknown)
+        }
+        UpstreamError::TooManyRequests { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            crate::oci::ErrorCode::Toomanyrequests,
+        ),
+        _ => (StatusCode::BAD_GATEWAY, crate::oci::ErrorCode::Unknown),
+    };
+    // The error names the upstream and the request itself.
+    Error::client(status, code, e.to_string())
+}

@@ -1,0 +1,334 @@
+//! `Upstream::send`: one GET or HEAD with everything around it. The first-byte timeout
+//! and the concurrency permit cover each attempt's head; connect failures and 502/503/504
+//! are retried with backoff (3 attempts), a short 429 `Retry-After` is waited out once,
+//! a 401 is answered once with fresh credentials, redirects are followed (credentials
+//! stay with the upstream's own origin).
+
+use super::auth::Answer;
+use super::body::{read_small, Sent};
+use super::error::{TimeoutPhase, UpstreamError};
+use super::wire::{causes, chain, location, origin, retry_after};
+use super::{challenge, Upstream};
+use crate::oci::errors::ErrorBody;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use rand::Rng;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+/// Attempts per request for connect failures and 502/503/504.
+const MAX_ATTEMPTS: u32 = 3;
+/// The first backoff; doubled per attempt, with jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_REDIRECTS: usize = 5;
+/// A 429 asking for at most this long is waited out once; longer ones fail at once.
+const SHORT_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Largest error body read (to parse its OCI error code and reuse the connection).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// Longest wait for an error body: it is only a courtesy.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(2);
+
+const USER_AGENT: &str = concat!("agent-registry/", env!("CARGO_PKG_VERSION"));
+
+impl Upstream {
+    /// Sends GET or HEAD to `<url><path>` (path like `/v2/library/alpine/manifests/3`);
+    /// `repo` is the upstream repository for the token scope (`repository:<repo>:pull`).
+    /// Extra headers such as Accept and Range are passed on (Authorization is not).
+    /// Returns once the response head arrived with a 2xx or 304 status; every other
+    /// outcome is an [`UpstreamError`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let what = format!("{method} {path}");
+        if method != Method::GET && method != Method::HEAD {
+            return Err(self.invalid(&what, "only GET and HEAD are sent upstream"));
+        }
+        if !path.starts_with('/') {
+            return Err(self.invalid(&what, "the path must start with /"));
+        }
+        let scope = match repo {
+            "" => String::new(),
+            r => format!("repository:{r}:pull"),
+        };
+        let home = origin(&self.cfg.url);
+        let mut url = format!("{}{path}", self.cfg.url);
+        let mut authz = self.auth.up_front(&scope);
+        let (mut attempt, mut redirects) = (1, 0);
+        // What the retry after a 401 carried (None: no retry yet).
+        let mut reauthed: Option<&'static str> = None;
+        let mut waited = false;
+        loop {
+            let ours = origin(&url) == home;
+            let sent = authz.clone().filter(|_| ours);
+            let resp = match self
+                .attempt(&method, &url, &headers, sent.as_ref(), &what)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(upstream = %self.cfg.name, request = %what, attempt, error = %e, "retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.record_ratelimit(resp.headers());
+            let status = resp.status();
+            if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                let mut resp = resp;
+                resp.extensions_mut().insert(Sent(what));
+                return Ok(resp);
+            }
+            if status.is_redirection() && redirects < MAX_REDIRECTS {
+                if let Some(next) = location(&url, resp.headers()) {
+                    self.drain(resp, &what).await;
+                    url = next;
+                    redirects += 1;
+                    continue;
+                }
+            }
+            match status {
+                StatusCode::UNAUTHORIZED if ours && reauthed.is_none() => {
+                    let (parts, body) = resp.into_parts();
+                    self.drain(Response::new(body), &what).await;
+                    let answer =
+                        self.auth
+                            .on_challenge(&parts.headers, &scope, sent.as_ref(), &what)?;
+                    authz = Some(match answer {
+                        Answer::Retry(h) => {
+                            reauthed = Some("the configured username and password");
+                            h
+                        }
+                        Answer::Token(req) => {
+                            reauthed = Some("a fresh token");
+                            let fetch = || self.fetch_token(&req);
+                            self.auth.bearer(&req.scope, sent.as_ref(), fetch).await?
+                        }
+                    });
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    let retry_after = retry_after(resp.headers());
+                    self.drain(resp, &what).await;
+                    match retry_after {
+                        Some(d) if d <= SHORT_RETRY_AFTER && !waited => {
+                            tracing::debug!(upstream = %self.cfg.name, request = %what, wait = ?d, "429, waiting");
+                            waited = true;
+                            tokio::time::sleep(d).await;
+                        }
+                        _ => {
+                            return Err(UpstreamError::TooManyRequests {
+                                upstream: self.cfg.name.clone(),
+                                what,
+                                retry_after,
+                            })
+                        }
+                    }
+                }
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+                    if attempt < MAX_ATTEMPTS =>
+                {
+                    tracing::debug!(upstream = %self.cfg.name, request = %what, attempt, %status, "retrying");
+                    self.drain(resp, &what).await;
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                _ => {
+                    let retried_with = reauthed.filter(|_| ours);
+                    return Err(self.status_error(resp, what, retried_with).await);
+                }
+            }
+        }
+    }
+
+    /// One attempt: a concurrency permit while the head is pending.
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+        authz: Option<&HeaderValue>,
+        what: &str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| UpstreamError::Request {
+                upstream: self.cfg.name.clone(),
+                what: what.to_string(),
+                message: "the upstream client is shutting down".into(),
+            })?;
+        self.exchange(method, url, headers, authz, what).await
+    }
+
+    /// Sends one request and waits (at most `first_byte_timeout`) for the response head.
+    pub(super) async fn exchange(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+        authz: Option<&HeaderValue>,
+        what: &str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(Empty::new())
+            .map_err(|e| self.invalid(what, &e.to_string()))?;
+        let h = req.headers_mut();
+        for (name, value) in headers {
+            if name != header::AUTHORIZATION && name != header::HOST {
+                h.append(name, value.clone());
+            }
+        }
+        h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Some(a) = authz {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
+        let after = self.cfg.first_byte_timeout;
+        match tokio::time::timeout(after, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(self.classify(&e, what)),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.cfg.name.clone(),
+                what: what.to_string(),
+                phase: TimeoutPhase::FirstByte,
+                after,
+            }),
+        }
+    }
+
+    fn classify(&self, e: &hyper_util::client::legacy::Error, what: &str) -> UpstreamError {
+        let (upstream, what) = (self.cfg.name.clone(), what.to_string());
+        let message = match e.source() {
+            Some(inner) => chain(inner),
+            None => chain(e),
+        };
+        let causes = || causes(e);
+        if causes().any(|c| c.is::<rustls::Error>()) {
+            return UpstreamError::Tls {
+                upstream,
+                what,
+                message,
+            };
+        }
+        let timed_out = causes().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+        match (e.is_connect(), timed_out) {
+            (true, true) => UpstreamError::Timeout {
+                upstream,
+                what,
+                phase: TimeoutPhase::Connect,
+                after: self.cfg.connect_timeout,
+            },
+            (true, false) => UpstreamError::Connect {
+                upstream,
+                what,
+                message,
+            },
+            (false, _) => UpstreamError::Request {
+                upstream,
+                what,
+                message,
+            },
+        }
+    }
+
+    /// The error for a final non-success answer, with the OCI code from its body.
+    async fn status_error(
+        &self,
+        resp: Response<Incoming>,
+        what: String,
+        retried_with: Option<&str>,
+    ) -> UpstreamError {
+        let status = resp.status();
+        let insufficient = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(challenge::parse)
+            .find_map(|c| c.param("error").map(str::to_string));
+        let body = read_small(
+            resp.into_body(),
+            ERROR_BODY_LIMIT,
+            &self.cfg.name,
+            &what,
+            ERROR_BODY_WAIT,
+        )
+        .await;
+        let first = body
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok())
+            .and_then(|b| b.errors.into_iter().next());
+        let code = first.as_ref().map(|e| e.code);
+        let message = first.map(|e| e.message).filter(|m| !m.is_empty());
+        if let (StatusCode::UNAUTHORIZED, Some(with)) = (status, retried_with) {
+            let mut problem = format!("still 401 with {with}");
+            for extra in [insufficient, message].into_iter().flatten() {
+                problem.push_str(&format!(": {extra}"));
+            }
+            return UpstreamError::Auth {
+                upstream: self.cfg.name.clone(),
+                what,
+                problem,
+                status: Some(status),
+                code,
+            };
+        }
+        UpstreamError::Status {
+            upstream: self.cfg.name.clone(),
+            what,
+            status,
+            code,
+            message,
+        }
+    }
+
+    /// Reads and drops a short body so the connection can be reused.
+    async fn drain(&self, resp: Response<Incoming>, what: &str) {
+        let body = resp.into_body();
+        let _ = read_small(
+            body,
+            ERROR_BODY_LIMIT,
+            &self.cfg.name,
+            what,
+            ERROR_BODY_WAIT,
+        )
+        .await;
+    }
+
+    fn invalid(&self, what: &str, problem: &str) -> UpstreamError {
+        UpstreamError::InvalidRequest {
+            upstream: self.cfg.name.clone(),
+            what: what.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+fn retryable(e: &UpstreamError) -> bool {
+    matches!(
+        e,
+        UpstreamError::Connect { .. } | UpstreamError::Request { .. }
+    )
+}
+
+/// Sleeps 100 ms, 200 ms, 400 ms... for attempts 1, 2, 3..., each with +-25 % jitter.
+async fn backoff(attempt: u32) {
+    let base = FIRST_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1).min(6));
+    let jitter: f64 = rand::thread_rng().gen_range(0.75..1.25);
+    tokio::time::sleep(base.mul_f64(jitter)).await;
+}

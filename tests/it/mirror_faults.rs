@@ -1,0 +1,358 @@
+//! The mirror against a fault-injecting upstream, for what a real registry will not do on
+//! demand: corrupt and truncated bodies, slow streams, 5xx, token auth, moved tags. Also the
+//! project's own server as an upstream.
+
+use crate::mirror::mirror_of;
+use crate::support::fake_upstream::{AuthMode, FakeUpstream};
+use crate::support::http::{image_manifest, Http};
+use crate::support::server::TestServer;
+use agent_registry::oci::Digest;
+use http::{Method, StatusCode};
+use rand::{RngCore, SeedableRng};
+use std::time::Duration;
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// An image in the fake upstream: (manifest digest, manifest bytes, blob digests).
+fn image(fake: &FakeUpstream, repo: &str, tag: &str, seed: u64) -> (String, Vec<u8>, Vec<String>) {
+    let config = fake.add_blob(repo, format!("{{\"seed\":{seed}}}").into_bytes());
+    let layer_bytes = random(100_000, seed);
+    let layer = fake.add_blob(repo, layer_bytes);
+    let m = image_manifest((&config, 12), &[(&layer, 100_000)], None);
+    let d = fake.add_manifest(repo, tag, OCI, m.clone());
+    (d, m, vec![config, layer])
+}
+
+async fn stored(srv: &TestServer, digest: &str) -> bool {
+    let d: Digest = digest.parse().expect("digest");
+    srv.app
+        .storage
+        .blobs
+        .stat(&d)
+        .await
+        .expect("stat")
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_cold_gets_of_a_64mib_blob_make_one_upstream_fetch() {
+    let fake = FakeUpstream::start();
+    let bytes = random(64 << 20, 1);
+    let digest = fake.add_blob("library/big", bytes);
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    let path = format!("/v2/big/blobs/{digest}");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, path) = (http.clone(), path.clone());
+            tokio::spawn(async move { http.get_hashed(&path, &[]).await })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let r = t.await.expect("task").expect("complete body");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.digest, digest);
+        assert_eq!(r.len, 64 << 20);
+        *statuses
+            .entry(
+                r.headers
+                    .get("x-cache")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        fake.blob_gets(&digest),
+        1,
+        "upstream blob GETs; cache statuses {statuses:?}"
+    );
+    assert_eq!(statuses.get("miss"), Some(&1), "{statuses:?}");
+    assert!(stored(&srv, &digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_upstream_gives_an_error_and_nothing_is_cached() {
+    let fake = FakeUpstream::start();
+    let digest = fake.add_blob("library/x", random(3 << 20, 2));
+    fake.set(|s| s.corrupt = true);
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    let path = format!("/v2/x/blobs/{digest}");
+    let r = http.get_hashed(&path, &[]).await;
+    assert!(
+        r.is_err(),
+        "a corrupt blob must not arrive complete: {:?}",
+        r.map(|h| h.digest)
+    );
+    assert!(!stored(&srv, &digest).await);
+    let tmp = std::fs::read_dir(srv.data_dir().join("tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(tmp, 0, "no temp file left");
+    // Once the upstream behaves, the same blob is fetched and verified.
+    fake.set(|s| s.corrupt = false);
+    let r = http.get_hashed(&path, &[]).await.expect("good body");
+    assert_eq!(r.digest, digest);
+    assert!(stored(&srv, &digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upstream_transfer_resumes_with_range() {
+    let fake = FakeUpstream::start();
+    let bytes = random((5 << 20) / 2, 3);
+    let digest = fake.add_blob("library/x", bytes);
+    fake.set(|s| s.truncate_after = Some(1 << 20));
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let r = Http::new(&srv.host())
+        .get_hashed(&format!("/v2/x/blobs/{digest}"), &[])
+        .await
+        .expect("the client never notices");
+    assert_eq!(r.digest, digest);
+    assert_eq!(fake.blob_gets(&digest), 3, "one GET and two Range resumes");
+    assert!(stored(&srv, &digest).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_request_during_a_cold_fill_gets_the_right_bytes() {
+    let fake = FakeUpstream::start();
+    let bytes = random(8 << 20, 4);
+    let digest = fake.add_blob("library/x", bytes.clone());
+    fake.set(|s| s.pace = Some(4_000)); // ~4 MB/s: the fill takes about 2 s
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    let path = format!("/v2/x/blobs/{digest}");
+    let full = tokio::spawn({
+        let (http, path) = (http.clone(), path.clone());
+        async move { http.get_hashed(&path, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = http
+        .send(
+            Method::GET,
+            &path,
+            &[("range", "bytes=5000000-5099999")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.header("x-cache"), Some("coalesced"));
+    assert_eq!(
+        r.header("content-range"),
+        Some("bytes 5000000-5099999/8388608")
+    );
+    assert_eq!(r.body.as_ref(), &bytes[5_000_000..5_100_000]);
+    assert_eq!(full.await.expect("task").expect("full body").digest, digest);
+    assert_eq!(fake.blob_gets(&digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_does_not_abort_the_fill() {
+    let fake = FakeUpstream::start();
+    let digest = fake.add_blob("library/x", random(4 << 20, 5));
+    fake.set(|s| s.pace = Some(8_000));
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let mut s = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET /v2/x/blobs/{digest} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(n > 0);
+    drop(s);
+    for _ in 0..500 {
+        if stored(&srv, &digest).await {
+            assert_eq!(fake.blob_gets(&digest), 1);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the fill was abandoned with its client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_revalidate_with_head_move_after_the_ttl_and_go_stale_on_errors() {
+    let fake = FakeUpstream::start();
+    let (d1, m1, _) = image(&fake, "library/app", "v1", 10);
+    let srv = mirror_of(&fake.url(), Duration::from_millis(300));
+    let http = Http::new(&srv.host());
+    let get = || http.get("/v2/app/manifests/v1");
+    let r = get().await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("miss"))
+    );
+    assert_eq!(r.header("docker-content-digest"), Some(d1.as_str()));
+    assert_eq!(r.body.as_ref(), m1.as_slice());
+    assert_eq!(r.header("content-type"), Some(OCI));
+    assert_eq!(get().await.header("x-cache"), Some("hit"));
+
+    // Past the TTL, unchanged: one HEAD upstream, no GET.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let gets = fake.hits("GET", "/v2/library/app/manifests/v1");
+    let r = get().await;
+    assert_eq!(r.header("x-cache"), Some("revalidated"));
+    assert_eq!(fake.hits("HEAD", "/v2/library/app/manifests/v1"), 1);
+    assert_eq!(fake.hits("GET", "/v2/library/app/manifests/v1"), gets);
+
+    // The tag moves upstream: the old digest until the TTL passes, then the new one.
+    let (d2, m2, _) = image(&fake, "library/app", "v1", 11);
+    assert_ne!(d1, d2);
+    assert_eq!(
+        get().await.header("docker-content-digest"),
+        Some(d1.as_str())
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let r = get().await;
+    assert_eq!(r.header("docker-content-digest"), Some(d2.as_str()));
+    assert_eq!(r.body.as_ref(), m2.as_slice());
+
+    // The upstream fails: the stale mapping is served with a Warning.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    fake.set(|s| s.server_errors = 100);
+    let r = get().await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("stale"))
+    );
+    assert!(r.header("warning").is_some_and(|w| w.starts_with("110")));
+    assert_eq!(r.body.as_ref(), m2.as_slice());
+    // By digest needs no upstream at all.
+    let r = http.get(&format!("/v2/app/manifests/{d1}")).await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("hit"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_spec_errors_never_500() {
+    let fake = FakeUpstream::start();
+    image(&fake, "library/app", "v1", 20);
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let r = http.get(&format!("/v2/app/manifests/{unknown}")).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    let r = http.get(&format!("/v2/app/blobs/{unknown}")).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
+    let r = http.get("/v2/app/manifests/nope").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
+    );
+    let r = http
+        .get("/v2/library/app/manifests/v1?ns=evil.example.com")
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    let r = http.get("/v2/library/app/manifests/v1?ns=docker.io").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("oci-namespace"), Some("docker.io"));
+    let r = http
+        .send(Method::POST, "/v2/app/blobs/uploads/", &[], "")
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+    );
+    // An upstream that keeps failing is a 502, not a 500.
+    fake.set(|s| s.server_errors = 1000);
+    let r = http.get("/v2/other/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{:?}", r.body);
+    // Tag lists pass through, and fall back to the cached tags when the upstream fails.
+    fake.set(|s| s.server_errors = 0);
+    let r = http.get("/v2/app/tags/list").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    fake.set(|s| s.server_errors = 1000);
+    let r = http.get("/v2/app/tags/list").await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("stale"))
+    );
+    assert_eq!(r.json()["tags"][0], "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_auth_upstream_costs_one_token_per_scope() {
+    let fake = FakeUpstream::start();
+    fake.set(|s| s.auth = AuthMode::bearer(300));
+    let (d, _, blobs) = image(&fake, "library/app", "v1", 30);
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    assert_eq!(
+        http.get("/v2/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(&format!("/v2/app/manifests/{d}")).await.status,
+        StatusCode::OK
+    );
+    for b in &blobs {
+        let r = http
+            .get_hashed(&format!("/v2/app/blobs/{b}"), &[])
+            .await
+            .expect("blob");
+        assert_eq!(&r.digest, b);
+    }
+    assert_eq!(fake.token_requests(), 1);
+}
+
+#[test]
+fn the_projects_own_server_as_an_upstream() {
+    if !crate::support::tools::require("skopeo") {
+        return;
+    }
+    // The upstream: this project's server, hosting an image pushed with skopeo.
+    let upstream = TestServer::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    let img = crate::support::image::single_image(&layout, "v1", 40, &[500_000]);
+    crate::support::tools::run(
+        crate::support::tools::command("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{}/team/app:v1", upstream.host())),
+    );
+    let edge = mirror_of(
+        &format!("http://{}", upstream.host()),
+        Duration::from_secs(60),
+    );
+    let out = work.path().join("out");
+    crate::support::tools::run(
+        crate::support::tools::command("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/team/app:v1", edge.host()))
+            .arg(format!("oci:{}:v1", out.display())),
+    );
+    let got = crate::support::image::tagged_descriptor(&out, "v1");
+    assert_eq!(got["digest"].as_str(), Some(img.manifest_digest.as_str()));
+    // Stop the upstream: the edge still serves the image.
+    drop(upstream);
+    let out2 = work.path().join("out2");
+    crate::support::tools::run(
+        crate::support::tools::command("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/team/app:v1", edge.host()))
+            .arg(format!("oci:{}:v1", out2.display())),
+    );
+}

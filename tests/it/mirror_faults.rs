@@ -356,3 +356,58 @@ fn the_projects_own_server_as_an_upstream() {
             .arg(format!("oci:{}:v1", out2.display())),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_survive_the_mirror_referrers_and_cosign_tags() {
+    let upstream = TestServer::start();
+    let up = Http::new(&upstream.host());
+    let config = up.push_blob("team/app", b"{\"cfg\":1}").await;
+    let layer = up.push_blob("team/app", &random(10_000, 50)).await;
+    let m = image_manifest((&config, 9), &[(&layer, 10_000)], None);
+    let r = up.put_manifest("team/app", "v1", OCI, &m).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let subject = Digest::sha256_of(&m).to_string();
+    let sig_layer = up.push_blob("team/app", b"signature").await;
+    let sig = image_manifest((&config, 9), &[(&sig_layer, 9)], Some((&subject, m.len())));
+    let cosign_tag = subject.replace(':', "-") + ".sig";
+    let r = up.put_manifest("team/app", &cosign_tag, OCI, &sig).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let sig_digest = Digest::sha256_of(&sig).to_string();
+
+    let edge = mirror_of(
+        &format!("http://{}", upstream.host()),
+        Duration::from_secs(60),
+    );
+    let http = Http::new(&edge.host());
+    let referrers = format!("/v2/team/app/referrers/{subject}");
+    let r = http.get(&referrers).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["manifests"][0]["digest"], sig_digest.as_str());
+    assert_eq!(
+        r.json()["manifests"][0]["artifactType"],
+        "application/vnd.example.sig"
+    );
+    let r = http
+        .get(&format!("/v2/team/app/manifests/{cosign_tag}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_ref(), sig.as_slice());
+    let r = http.get("/v2/_catalog").await;
+    let repos = r.json()["repositories"].clone();
+    assert!(
+        repos
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "docker.io/team/app")),
+        "{repos}"
+    );
+
+    // The upstream goes away: referrers and the signature tag are still answered.
+    drop(upstream);
+    let r = http.get(&referrers).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["manifests"][0]["digest"], sig_digest.as_str());
+    let r = http
+        .get(&format!("/v2/team/app/manifests/{cosign_tag}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -123,26 +123,27 @@ async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, St
         buf.extend_from_slice(&chunk);
     }
     let bytes = buf.freeze();
-    let digest =
-        match reference.parse::<Digest>() {
-            Ok(d) => {
-                let mut h = d.algorithm().hasher();
-                h.update(&bytes);
-                h.finish()
-            }
-            Err(_) => match &claimed {
-                Some(c) if !c.matches(&bytes) => return Err(Error::client(
+    let digest = match reference.parse::<Digest>() {
+        Ok(d) => {
+            let mut h = d.algorithm().hasher();
+            h.update(&bytes);
+            h.finish()
+        }
+        Err(_) => match &claimed {
+            Some(c) if !c.matches(&bytes) => {
+                return Err(Error::client(
                     StatusCode::BAD_GATEWAY,
                     ErrorCode::Unknown,
                     format!(
                         "upstream {}: {what}: body does not match its Docker-Content-Digest {c}",
                         up.name()
                     ),
-                )),
-                Some(c) => c.clone(),
-                None => Digest::sha256_of(&bytes),
-            },
-        };
+                ))
+            }
+            Some(c) => c.clone(),
+            None => Digest::sha256_of(&bytes),
+        },
+    };
     // The media type comes from the upstream's Content-Type, else from the body.
     let mt = if mt.is_empty() || mt.starts_with("text/") || mt == "application/octet-stream" {
         manifest::parse(&bytes, "")

@@ -118,12 +118,17 @@ fn blob_unknown(p: &Proxy, digest: &Digest) -> Error {
 fn fill_error(p: &Proxy, digest: &Digest, e: FillError) -> Error {
     match e.kind {
         FillErrorKind::NotFound => blob_unknown(p, digest),
-        FillErrorKind::Unavailable | FillErrorKind::Mismatch => Error::client(
+        // Unavailable messages come from the upstream client and name it already.
+        FillErrorKind::Unavailable => {
+            Error::client(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.message)
+        }
+        FillErrorKind::Mismatch => Error::client(
             StatusCode::BAD_GATEWAY,
             ErrorCode::Unknown,
             format!(
-                "upstream {}: blob {digest} of {}: {}",
+                "upstream {}: {} of {}: {}",
                 p.upstream.name(),
+                digest,
                 p.repo,
                 e.message
             ),
@@ -147,19 +152,17 @@ fn source(p: &Proxy, digest: &Digest) -> Source {
                     crate::server::body::hv(&format!("bytes={offset}-")),
                 );
             }
-            let unavailable = |e: UpstreamError| {
-                FillError::new(
-                    FillErrorKind::Unavailable,
-                    format!("upstream {}: {e}", up.name()),
-                )
-            };
+            let unavailable =
+                |e: UpstreamError| FillError::new(FillErrorKind::Unavailable, e.to_string());
             let resp = match up.send(Method::GET, &path, &repo, headers).await {
                 Ok(r) => r,
-                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
-                    return Err(FillError::new(
-                        FillErrorKind::NotFound,
-                        format!("blob {digest} not found upstream"),
-                    ))
+                Err(e)
+                    if matches!(
+                        e.status(),
+                        Some(StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED)
+                    ) =>
+                {
+                    return Err(FillError::new(FillErrorKind::NotFound, e.to_string()))
                 }
                 Err(e) => return Err(unavailable(e)),
             };
@@ -188,18 +191,10 @@ fn source(p: &Proxy, digest: &Digest) -> Source {
                 (o, false) => o,
             };
             let total = if offset == 0 { len } else { None };
-            let up2 = up.clone();
             let mut skipped = 0u64;
             let body = up
                 .body(resp)
-                .map(move |c| {
-                    c.map_err(|e| {
-                        FillError::new(
-                            FillErrorKind::Unavailable,
-                            format!("upstream {}: {e}", up2.name()),
-                        )
-                    })
-                })
+                .map(|c| c.map_err(|e| FillError::new(FillErrorKind::Unavailable, e.to_string())))
                 .filter_map(move |c| {
                     let out = match c {
                         Ok(b) if skipped < skip => {

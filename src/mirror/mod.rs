@@ -61,6 +61,13 @@ impl Mirror {
 /// Maps an upstream failure to the response side: the upstream's own 4xx is passed on
 /// by the caller; unreachable or failing upstreams are 502/504, never 500.
 pub fn upstream_error(e: &UpstreamError) -> Error {
+    if e.status() == Some(StatusCode::UNAUTHORIZED) {
+        // Docker Hub answers 401 insufficient_scope for repositories that do not exist.
+        return Error::not_found(
+            crate::oci::ErrorCode::NameUnknown,
+            format!("repository unknown upstream or access denied: {e}"),
+        );
+    }
     let (status, code) = match e {
         UpstreamError::Timeout { .. } => {
             (StatusCode::GATEWAY_TIMEOUT, crate::oci::ErrorCode::Unknown)

@@ -181,15 +181,31 @@ impl App {
             .headers()
             .get(header::HOST)
             .and_then(|v| v.to_str().ok());
-        match self.mirror.resolve(&name, query_get(&q, "ns"), host)? {
+        let write = matches!(
+            m,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        let target = match self.mirror.resolve(&name, query_get(&q, "ns"), host)? {
+            // A plain name that is (or, with a push, becomes) a hosted repository.
+            Target::Proxy(p)
+                if p.via_default
+                    && self.config.mirror.hosted_on_push
+                    && (write || self.storage.is_hosted(name.as_str())) =>
+            {
+                Target::Hosted(name.clone())
+            }
+            t => t,
+        };
+        match target {
             Target::Hosted(name) => {
-                if matches!(
-                    m,
-                    Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-                ) {
+                if write {
                     self.check_write(ctx.peer)?;
                 }
-                self.hosted(route, &name, req).await
+                let resp = self.hosted(route, &name, req).await?;
+                if write && m != Method::DELETE && resp.status().is_success() {
+                    self.storage.mark_hosted(name.as_str()).await?;
+                }
+                Ok(resp)
             }
             Target::Proxy(p) => {
                 ctx.upstream = Some(p.upstream.name().to_string());

@@ -291,6 +291,7 @@ impl Config {
             default_upstream: Some("docker.io".into()),
             hosted_prefixes: vec!["agents/".into()],
             route_by_host: false,
+            hosted_on_push: true,
         };
         let mut docker = UpstreamConfig::new("docker.io", "https://registry-1.docker.io");
         let aliases = ["docker", "hub", "registry-1.docker.io", "index.docker.io"];

@@ -26,6 +26,9 @@ pub struct MirrorConfig {
     pub hosted_prefixes: Vec<String>,
     /// Also pick the upstream from the `Host` header (names and aliases).
     pub route_by_host: bool,
+    /// A push to a plain name creates a hosted repository, which from then on shadows the
+    /// default upstream for that name (false: such pushes are refused with UNSUPPORTED).
+    pub hosted_on_push: bool,
 }
 
 /// One upstream registry. Only upstreams listed in the config are ever contacted.
@@ -197,6 +200,7 @@ pub(super) struct RawMirror {
     default_upstream: String,
     hosted_prefixes: Vec<String>,
     route_by_host: bool,
+    hosted_on_push: bool,
 }
 
 /// One `[upstreams."<host>"]` table; keys missing from the file come from [`template`].
@@ -291,6 +295,7 @@ pub(super) fn show_mirror(m: &MirrorConfig) -> RawMirror {
         default_upstream: m.default_upstream.clone().unwrap_or_default(),
         hosted_prefixes: m.hosted_prefixes.clone(),
         route_by_host: m.route_by_host,
+        hosted_on_push: m.hosted_on_push,
     }
 }
 
@@ -455,5 +460,6 @@ pub(super) fn build_mirror(
         default_upstream,
         hosted_prefixes: raw.hosted_prefixes,
         route_by_host: raw.route_by_host,
+        hosted_on_push: raw.hosted_on_push,
     })
 }

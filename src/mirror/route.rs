@@ -17,6 +17,9 @@ pub struct Proxy {
     pub repo: String,
     /// The `ns` the client sent, echoed in `OCI-Namespace`.
     pub ns: Option<String>,
+    /// Chosen only because the name is plain and this is the default upstream; a
+    /// repository hosted here under the same name takes precedence.
+    pub via_default: bool,
 }
 
 pub enum Target {
@@ -60,7 +63,10 @@ impl Mirror {
             }
         }
         match &self.default {
-            Some(up) => Ok(Target::Proxy(proxy(up, n, None))),
+            Some(up) => Ok(Target::Proxy(Proxy {
+                via_default: true,
+                ..proxy(up, n, None)
+            })),
             None => Ok(Target::Hosted(name.clone())),
         }
     }
@@ -76,6 +82,7 @@ fn proxy(up: &Arc<Upstream>, repo: &str, ns: Option<String>) -> Proxy {
         upstream: up.clone(),
         repo,
         ns,
+        via_default: false,
     }
 }
 

@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS mirror_lists (
     body BLOB NOT NULL, fetched_ms INTEGER NOT NULL,
     PRIMARY KEY (upstream, repo, kind, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hosted_repos (
+    repo TEXT PRIMARY KEY, created INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY, repo TEXT NOT NULL, offset INTEGER NOT NULL,
     started INTEGER NOT NULL, updated INTEGER NOT NULL
@@ -132,6 +135,32 @@ impl Meta {
         })
         .await
         .map_err(|e| MetaError(format!("blocking task failed: {e}")))?
+    }
+
+    /// Records that `repo` is hosted here (created by a push).
+    pub async fn add_hosted(&self, repo: &str) -> Result<()> {
+        let repo = repo.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO hosted_repos(repo, created) VALUES (?1, ?2)",
+                params![repo, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every repository created by a push (and every one holding hosted content).
+    pub fn hosted_repos_sync(&self) -> Result<Vec<String>> {
+        let c = self
+            .conn
+            .lock()
+            .map_err(|_| MetaError("connection mutex poisoned".into()))?;
+        let mut stmt = c.prepare(
+            "SELECT repo FROM hosted_repos UNION SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<Vec<String>, _>>()?)
     }
 
     pub async fn link_blob(&self, repo: &str, digest: &str, size: u64) -> Result<()> {

@@ -32,6 +32,8 @@ pub struct Storage {
     pub blobs: FsBlobs,
     pub meta: Meta,
     pub uploads: Uploads,
+    /// Names of hosted repositories, kept in memory: routing asks on every request.
+    hosted: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// Result of streaming a request body into the store under an expected digest.
@@ -47,11 +49,33 @@ impl Storage {
         std::fs::create_dir_all(data_dir)?;
         let blobs = FsBlobs::open(data_dir)?;
         let meta = Meta::open(&data_dir.join("meta.db"))?;
+        let hosted = meta.hosted_repos_sync()?.into_iter().collect();
         Ok(Storage {
             blobs,
             meta,
             uploads: Uploads::default(),
+            hosted: std::sync::RwLock::new(hosted),
         })
+    }
+
+    /// Whether `repo` is a repository hosted here.
+    pub fn is_hosted(&self, repo: &str) -> bool {
+        self.hosted
+            .read()
+            .map(|h| h.contains(repo))
+            .unwrap_or(false)
+    }
+
+    /// Records `repo` as hosted (after a successful push).
+    pub async fn mark_hosted(&self, repo: &str) -> Result<(), StorageError> {
+        if self.is_hosted(repo) {
+            return Ok(());
+        }
+        self.meta.add_hosted(repo).await?;
+        if let Ok(mut h) = self.hosted.write() {
+            h.insert(repo.to_string());
+        }
+        Ok(())
     }
 
     /// Streams `body` into a temp file while hashing it, and commits it under `expected`

@@ -411,3 +411,71 @@ async fn signatures_survive_the_mirror_referrers_and_cosign_tags() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_plain_name_creates_a_hosted_repository_that_shadows_the_default() {
+    let fake = FakeUpstream::start();
+    let (upstream_digest, _, _) = image(&fake, "team/app", "v1", 60);
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    // Before any push the plain name is proxied.
+    let r = http.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(upstream_digest.as_str())
+    );
+    assert_eq!(r.header("x-cache"), Some("miss"));
+    // Pushing to a plain name of our own makes it hosted.
+    let cfg = http.push_blob("team/mine", b"{}").await;
+    let m = image_manifest((&cfg, 2), &[], None);
+    assert_eq!(
+        http.put_manifest("team/mine", "v1", OCI, &m).await.status,
+        StatusCode::CREATED
+    );
+    let r = http.get("/v2/team/mine/manifests/v1").await;
+    assert_eq!((r.status, r.header("x-cache")), (StatusCode::OK, None));
+    assert_eq!(r.body.as_ref(), m.as_slice());
+    assert_eq!(fake.hits("GET", "/v2/team/mine/manifests/v1"), 0);
+    // Explicitly proxied names never take pushes.
+    for path in [
+        "/v2/docker.io/team/mine/blobs/uploads/",
+        "/v2/team/mine/blobs/uploads/?ns=docker.io",
+    ] {
+        let r = http.send(Method::POST, path, &[], "").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            "{path}"
+        );
+    }
+
+    // With hosted_on_push = false, a push to a plain name is refused.
+    let url = fake.url();
+    let strict = TestServer::start_with(move |cfg| {
+        cfg.upstreams.retain(|u| u.name != "docker.io");
+        cfg.upstreams
+            .push(agent_registry::config::UpstreamConfig::new(
+                "docker.io",
+                &url,
+            ));
+        cfg.mirror.default_upstream = Some("docker.io".into());
+        cfg.mirror.hosted_on_push = false;
+    });
+    let r = Http::new(&strict.host())
+        .send(Method::POST, "/v2/team/mine/blobs/uploads/", &[], "")
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED")
+    );
+
+    // The hosted name survives a restart.
+    let dir = srv.stop();
+    let again = TestServer::restart_on_with(dir, |cfg| {
+        cfg.mirror.default_upstream = Some("docker.io".into());
+    });
+    let r = Http::new(&again.host())
+        .get("/v2/team/mine/manifests/v1")
+        .await;
+    assert_eq!((r.status, r.header("x-cache")), (StatusCode::OK, None));
+}

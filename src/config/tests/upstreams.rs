@@ -53,6 +53,7 @@ fn default_has_seven_upstreams() {
         default_upstream: Some("docker.io".into()),
         hosted_prefixes: vec!["agents/".into()],
         route_by_host: false,
+        hosted_on_push: true,
     };
     assert_eq!(c.mirror, mirror);
 }
@@ -138,6 +139,7 @@ fn mirror_section_and_env_overrides() {
         default_upstream: None,
         hosted_prefixes: vec!["a/".into(), "b/".into()],
         route_by_host: true,
+        hosted_on_push: true,
     };
     assert_eq!(c.mirror, want);
     // A mirror with no default may drop docker.io.

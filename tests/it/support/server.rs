@@ -37,10 +37,16 @@ impl TestServer {
 
     /// Starts on an existing data directory (to test restarts).
     pub fn restart_on(dir: tempfile::TempDir) -> TestServer {
+        Self::restart_on_with(dir, |_| {})
+    }
+
+    /// Starts on an existing data directory with the config changed by `f`.
+    pub fn restart_on_with(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
         let mut cfg = Config::embedded_default();
         cfg.mirror.default_upstream = None;
         cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
         cfg.storage.data_dir = dir.path().join("data");
+        f(&mut cfg);
         Self::start_in(cfg, dir)
     }
 

@@ -269,7 +269,12 @@ async fn errors_are_spec_errors_never_500() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("oci-namespace"), Some("docker.io"));
     let r = http
-        .send(Method::POST, "/v2/app/blobs/uploads/", &[], "")
+        .send(
+            Method::POST,
+            "/v2/docker.io/library/app/blobs/uploads/",
+            &[],
+            "",
+        )
         .await;
     assert_eq!(
         (r.status, r.error_code().as_str()),

@@ -127,7 +127,11 @@ impl Fills {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&digest);
-            tx.send_modify(|p| p.outcome = Some(outcome));
+            tx.send_modify(|p| {
+                if p.outcome.is_none() {
+                    p.outcome = Some(outcome);
+                }
+            });
         });
         Ok((fill, true))
     }
@@ -219,17 +223,25 @@ async fn run(
             Some(e) => return Err(e),
         }
     }
-    match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
-        Ok(Commit::Stored { .. }) => Ok(()),
-        Ok(Commit::Mismatch { actual }) => Err(FillError::new(
+    let actual = hasher.clone().finish();
+    if actual != *digest {
+        return Err(FillError::new(
             FillErrorKind::Mismatch,
             format!("blob {digest}: digest mismatch, source sent {actual}"),
-        )),
-        Err(e) => Err(FillError::new(
-            FillErrorKind::Internal,
-            format!("cache commit: {e}"),
-        )),
+        ));
     }
+    // Verified: readers may have the last byte now; making the copy durable (fsync,
+    // rename) does not hold up the clients.
+    tx.send_modify(|p| p.outcome = Some(Ok(())));
+    match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
+        Ok(Commit::Stored { .. }) => {}
+        // The clients got verified bytes; only the cached copy is lost (e.g. a full disk).
+        Ok(Commit::Mismatch { actual }) => {
+            tracing::error!(digest = %digest, actual = %actual, "blob changed on disk before commit; not cached")
+        }
+        Err(e) => tracing::warn!(digest = %digest, error = %e, "blob served but not cached"),
+    }
+    Ok(())
 }
 
 impl Fill {
@@ -389,6 +401,17 @@ mod tests {
         (s, src)
     }
 
+    /// Commits happen after readers are served: wait for the blob to land.
+    async fn committed(storage: &Storage, digest: &Digest) -> bool {
+        for _ in 0..500 {
+            if storage.blobs.stat(digest).await.unwrap().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
@@ -435,6 +458,7 @@ mod tests {
             assert_eq!(got, bytes[s as usize..e as usize]);
         }
         assert_eq!(probe.calls.lock().unwrap().as_slice(), &[0]);
+        assert!(committed(&storage, &digest).await);
         assert_eq!(storage.blobs.stat(&digest).await.unwrap(), Some(3 << 20));
         assert_eq!(probe.data.len(), 3 << 20);
     }
@@ -468,7 +492,7 @@ mod tests {
         let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
         assert_eq!(read_all(&fill, 0, None).await.unwrap(), bytes);
         assert_eq!(probe.calls.lock().unwrap().as_slice(), &[0, 640 * 1024]);
-        assert!(storage.blobs.stat(&digest).await.unwrap().is_some());
+        assert!(committed(&storage, &digest).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

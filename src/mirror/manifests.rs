@@ -9,7 +9,8 @@ use super::{upstream_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
 use crate::error::{Error, Result};
 use crate::oci::{manifest, Digest, ErrorCode, Reference};
-use crate::server::body::{full, hv, status, Body};
+use crate::server::body::Body;
+use crate::server::manifests::{respond, respond_bytes};
 use crate::storage::mirror_meta::{now_ms, TagRow};
 use crate::storage::Commit;
 use bytes::Bytes;
@@ -266,7 +267,7 @@ async fn by_tag(
             meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
                 .await?;
             ctx.cache = CacheStatus::Miss;
-            respond_bytes(&d, &row.media_type, bytes, head, None)
+            Ok(respond_bytes(&d, &row.media_type, bytes, None))
         }
     }
 }
@@ -299,57 +300,4 @@ async fn serve_row(
     }
     let (mt, size, _) = by_digest(app, p, &d).await?;
     respond(app, &d, &mt, size, false, warning).await
-}
-
-/// Serves a cached manifest's bytes, verified against the digest.
-pub async fn respond(
-    app: &App,
-    d: &Digest,
-    media_type: &str,
-    size: u64,
-    head: bool,
-    warning: Option<&str>,
-) -> Result<Response<Body>> {
-    if head {
-        let mut r = status(StatusCode::OK);
-        headers(&mut r, d, media_type, size, warning);
-        return Ok(r);
-    }
-    let bytes = tokio::fs::read(app.storage.blobs.path(d))
-        .await
-        .map_err(|e| Error::Internal(format!("cached manifest {d}: {e}")))?;
-    if !d.matches(&bytes) {
-        return Err(Error::Internal(format!(
-            "cached manifest {d}: stored bytes do not match"
-        )));
-    }
-    respond_bytes(d, media_type, Bytes::from(bytes), false, warning)
-}
-
-fn respond_bytes(
-    d: &Digest,
-    media_type: &str,
-    bytes: Bytes,
-    head: bool,
-    warning: Option<&str>,
-) -> Result<Response<Body>> {
-    let size = bytes.len() as u64;
-    let mut r = if head {
-        status(StatusCode::OK)
-    } else {
-        Response::new(full(bytes))
-    };
-    headers(&mut r, d, media_type, size, warning);
-    Ok(r)
-}
-
-fn headers(r: &mut Response<Body>, d: &Digest, media_type: &str, size: u64, warning: Option<&str>) {
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, hv(media_type));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    h.insert("docker-content-digest", hv(&d.to_string()));
-    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
-    if let Some(w) = warning {
-        h.insert(header::WARNING, hv(w));
-    }
 }

@@ -58,28 +58,57 @@ pub async fn get(app: &Arc<App>, name: &RepoName, r: &str, head: bool) -> Result
     let d: Digest = digest
         .parse()
         .map_err(|_| Error::Internal(format!("stored digest {digest} is malformed")))?;
-    let mut resp = if head {
-        status(StatusCode::OK)
-    } else {
-        let bytes = tokio::fs::read(app.storage.blobs.path(&d))
-            .await
-            .map_err(|e| Error::Internal(format!("manifest {d} in {name}: {e}")))?;
-        if !d.matches(&bytes) {
-            // Never serve bytes that do not match their digest.
-            return Err(Error::Internal(format!(
-                "manifest {d} in {name}: stored bytes do not match"
-            )));
-        }
-        let mut r = Response::new(full(bytes));
-        *r.status_mut() = StatusCode::OK;
-        r
-    };
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, hv(&row.media_type));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(row.size));
-    h.insert("docker-content-digest", hv(&digest));
-    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
-    Ok(resp)
+    respond(app, &d, &row.media_type, row.size, head, None).await
+}
+
+/// Serves stored manifest bytes (hosted or cached) with their media type, re-verified
+/// against the digest: bytes that do not match are never served.
+pub async fn respond(
+    app: &App,
+    d: &Digest,
+    media_type: &str,
+    size: u64,
+    head: bool,
+    warning: Option<&str>,
+) -> Result<Response<Body>> {
+    if head {
+        let mut r = status(StatusCode::OK);
+        headers(&mut r, d, media_type, size, warning);
+        return Ok(r);
+    }
+    let bytes = tokio::fs::read(app.storage.blobs.path(d))
+        .await
+        .map_err(|e| Error::Internal(format!("stored manifest {d}: {e}")))?;
+    if !d.matches(&bytes) {
+        return Err(Error::Internal(format!(
+            "stored manifest {d}: bytes do not match"
+        )));
+    }
+    Ok(respond_bytes(d, media_type, bytes.into(), warning))
+}
+
+/// A manifest response from bytes already verified.
+pub fn respond_bytes(
+    d: &Digest,
+    media_type: &str,
+    bytes: bytes::Bytes,
+    warning: Option<&str>,
+) -> Response<Body> {
+    let size = bytes.len() as u64;
+    let mut r = Response::new(full(bytes));
+    headers(&mut r, d, media_type, size, warning);
+    r
+}
+
+fn headers(r: &mut Response<Body>, d: &Digest, media_type: &str, size: u64, warning: Option<&str>) {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert("docker-content-digest", hv(&d.to_string()));
+    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    if let Some(w) = warning {
+        h.insert(header::WARNING, hv(w));
+    }
 }
 
 pub async fn put(

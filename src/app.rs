@@ -1,9 +1,13 @@
 //! `App`: the configuration and the storage behind one `Arc`, and `App::handle`, which
 //! turns any request into a response and never fails.
 
+use crate::cache::memory::MemoryTier;
 use crate::config::{Config, HostedWrites};
 use crate::error::{Error, Result};
 use crate::mirror::{self, Mirror, Proxy, Target};
+
+/// The memory tier's byte cap (becomes `cache.memory.max_size` with the cache settings).
+const MEMORY_TIER_BYTES: u64 = 256 << 20;
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::body::{error_response, Body, BoxError, ReqBody};
 use crate::server::router::{self, Route};
@@ -21,6 +25,8 @@ pub struct App {
     pub config: Config,
     pub storage: Arc<Storage>,
     pub mirror: Mirror,
+    /// Small hot objects (manifests, tag rows) kept in RAM.
+    pub memory: MemoryTier,
     draining: AtomicBool,
 }
 
@@ -76,6 +82,7 @@ impl App {
             config,
             storage,
             mirror,
+            memory: MemoryTier::new(MEMORY_TIER_BYTES),
             draining: AtomicBool::new(false),
         }))
     }

@@ -7,6 +7,7 @@
 
 use super::{upstream_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
+use crate::cache::memory::Manifest;
 use crate::error::{Error, Result};
 use crate::oci::{manifest, Digest, ErrorCode, Reference};
 use crate::server::body::Body;
@@ -53,20 +54,30 @@ pub async fn get(
     })?;
     match reference {
         Reference::Digest(d) => {
-            let (mt, size, status) = by_digest(app, p, &d).await?;
+            let (m, status) = by_digest(app, p, &d).await?;
             ctx.cache = status;
-            respond(app, &d, &mt, size, head, None).await
+            Ok(respond_bytes(&d, &m.media_type, m.bytes.clone(), None))
         }
         Reference::Tag(t) => by_tag(app, p, &t, head, ctx).await,
     }
 }
 
-/// The cached manifest `d`, fetched from the upstream if it is not cached yet.
-async fn by_digest(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<(String, u64, CacheStatus)> {
-    let meta = &app.storage.meta;
-    if let Some((mt, size)) = meta.mirror_manifest(&d.to_string()).await? {
-        if app.storage.blobs.stat(d).await?.is_some() {
-            return Ok((mt, size, CacheStatus::Hit));
+/// The cached manifest `d`: from memory, else from disk (verified, then kept in memory),
+/// else fetched from the upstream.
+async fn by_digest(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<(Arc<Manifest>, CacheStatus)> {
+    if let Some(m) = app.memory.manifest(d) {
+        return Ok((m, CacheStatus::Hit));
+    }
+    if let Some((mt, _)) = app.storage.meta.mirror_manifest(&d.to_string()).await? {
+        if let Ok(bytes) = tokio::fs::read(app.storage.blobs.path(d)).await {
+            if d.matches(&bytes) {
+                app.memory.put_manifest(d, &mt, bytes.into());
+                if let Some(m) = app.memory.manifest(d) {
+                    return Ok((m, CacheStatus::Hit));
+                }
+            } else {
+                tracing::error!(digest = %d, "cached manifest does not match its digest; refetching");
+            }
         }
     }
     let (got, mt, bytes) = fetch(app, p, &d.to_string()).await?;
@@ -81,7 +92,34 @@ async fn by_digest(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<(String, u64
             ),
         ));
     }
-    Ok((mt, bytes.len() as u64, CacheStatus::Miss))
+    let m = Arc::new(Manifest {
+        media_type: mt,
+        bytes,
+    });
+    Ok((m, CacheStatus::Miss))
+}
+
+/// The tag row: memory first, then SQLite (which stays the source of truth).
+async fn tag_row(app: &App, p: &Proxy, tag: &str) -> Result<Option<TagRow>> {
+    let up = p.upstream.name();
+    if let Some(row) = app.memory.tag(up, &p.repo, tag) {
+        return Ok(Some((*row).clone()));
+    }
+    let row = app.storage.meta.mirror_tag(up, &p.repo, tag).await?;
+    if let Some(r) = &row {
+        app.memory.put_tag(up, &p.repo, tag, r.clone());
+    }
+    Ok(row)
+}
+
+async fn save_tag(app: &App, p: &Proxy, tag: &str, row: &TagRow) -> Result<()> {
+    let up = p.upstream.name();
+    app.storage
+        .meta
+        .put_mirror_tag(up, &p.repo, tag, row.clone())
+        .await?;
+    app.memory.put_tag(up, &p.repo, tag, row.clone());
+    Ok(())
 }
 
 /// GETs a manifest by tag or digest from the upstream, verifies it, stores it. Returns
@@ -165,6 +203,7 @@ async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, St
             .put_mirror_manifest(&digest.to_string(), &mt, bytes.len() as u64)
             .await?;
     }
+    app.memory.put_manifest(&digest, &mt, bytes.clone());
     Ok((digest, mt, bytes))
 }
 
@@ -177,8 +216,7 @@ async fn by_tag(
 ) -> Result<Response<Body>> {
     let up = &p.upstream;
     let cfg = up.config();
-    let meta = &app.storage.meta;
-    let cached = meta.mirror_tag(up.name(), &p.repo, tag).await?;
+    let cached = tag_row(app, p, tag).await?;
     let now = now_ms();
     if let Some(row) = &cached {
         let age = now.saturating_sub(row.fetched_ms) as u128;
@@ -219,7 +257,11 @@ async fn by_tag(
                 ctx.cache = CacheStatus::Stale;
                 return serve_row(app, p, row, head, Some(STALE_WARNING)).await;
             }
-            meta.delete_mirror_tag(up.name(), &p.repo, tag).await?;
+            app.storage
+                .meta
+                .delete_mirror_tag(up.name(), &p.repo, tag)
+                .await?;
+            app.memory.remove_tag(up.name(), &p.repo, tag);
             Err(unknown(p, tag))
         }
         Err(e) if e.is_unavailable() => match &cached {
@@ -235,10 +277,13 @@ async fn by_tag(
         },
         Err(e) => Err(upstream_error(&e)),
         Ok((Some(d), _, _)) if cached.as_ref().is_some_and(|r| r.digest == d.to_string()) => {
-            let mut row = cached.clone().unwrap_or_else(|| unreachable_row(&d));
+            let Some(mut row) = cached.clone() else {
+                return Err(Error::Internal(format!(
+                    "revalidated {d} without a cached row"
+                )));
+            };
             row.fetched_ms = now;
-            meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
-                .await?;
+            save_tag(app, p, tag, &row).await?;
             ctx.cache = CacheStatus::Revalidated;
             serve_row(app, p, &row, head, None).await
         }
@@ -251,8 +296,7 @@ async fn by_tag(
                 size: len,
                 fetched_ms: now,
             };
-            meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
-                .await?;
+            save_tag(app, p, tag, &row).await?;
             ctx.cache = CacheStatus::Miss;
             serve_row(app, p, &row, true, None).await
         }
@@ -264,20 +308,10 @@ async fn by_tag(
                 size: bytes.len() as u64,
                 fetched_ms: now,
             };
-            meta.put_mirror_tag(up.name(), &p.repo, tag, row.clone())
-                .await?;
+            save_tag(app, p, tag, &row).await?;
             ctx.cache = CacheStatus::Miss;
             Ok(respond_bytes(&d, &row.media_type, bytes, None))
         }
-    }
-}
-
-fn unreachable_row(d: &Digest) -> TagRow {
-    TagRow {
-        digest: d.to_string(),
-        media_type: String::new(),
-        size: 0,
-        fetched_ms: 0,
     }
 }
 
@@ -298,6 +332,6 @@ async fn serve_row(
     if head {
         return respond(app, &d, &row.media_type, row.size, true, warning).await;
     }
-    let (mt, size, _) = by_digest(app, p, &d).await?;
-    respond(app, &d, &mt, size, false, warning).await
+    let (m, _) = by_digest(app, p, &d).await?;
+    Ok(respond_bytes(&d, &m.media_type, m.bytes.clone(), warning))
 }

@@ -490,3 +490,36 @@ async fn a_push_to_a_plain_name_creates_a_hosted_repository_that_shadows_the_def
         .await;
     assert_eq!((r.status, r.header("x-cache")), (StatusCode::OK, None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_manifests_come_from_the_memory_tier() {
+    let fake = FakeUpstream::start();
+    let (d, m, _) = image(&fake, "library/app", "v1", 70);
+    let srv = mirror_of(&fake.url(), Duration::from_secs(60));
+    let http = Http::new(&srv.host());
+    assert_eq!(
+        http.get("/v2/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    // Take the disk copy and the upstream away: a warm hit needs neither.
+    let digest: Digest = d.parse().expect("digest");
+    std::fs::remove_file(srv.app.storage.blobs.path(&digest)).expect("remove");
+    fake.set(|s| s.server_errors = 1000);
+    for path in [
+        "/v2/app/manifests/v1".to_string(),
+        format!("/v2/app/manifests/{d}"),
+    ] {
+        let r = http.get(&path).await;
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (StatusCode::OK, Some("hit")),
+            "{path}"
+        );
+        assert_eq!(r.body.as_ref(), m.as_slice());
+    }
+    let (entries, bytes) = srv.app.memory.stats();
+    assert!(
+        entries >= 2 && bytes > 0,
+        "{entries} entries, {bytes} bytes"
+    );
+}

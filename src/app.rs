@@ -63,6 +63,9 @@ pub struct Ctx {
     pub cache: CacheStatus,
     pub upstream: Option<String>,
     pub ns: Option<String>,
+    /// Set by a handler that knows better than `cache` where the body came from (the
+    /// memory tier); feeds `agent_registry_served_bytes_total{source}`.
+    pub served_from: Option<crate::metrics::Source>,
 }
 
 /// Why the server could not start.
@@ -76,6 +79,7 @@ pub enum StartError {
 
 impl App {
     pub fn new(config: Config) -> std::result::Result<Arc<App>, StartError> {
+        crate::metrics::install();
         let storage = Arc::new(Storage::open(&config.storage.data_dir)?);
         let mirror = Mirror::new(&config)?;
         Ok(Arc::new(App {
@@ -114,6 +118,7 @@ impl App {
             cache: CacheStatus::Bypass,
             upstream: None,
             ns: None,
+            served_from: None,
         };
         let head = method == Method::HEAD;
         let mut resp = match self.dispatch(route, req, &mut ctx).await {
@@ -130,11 +135,6 @@ impl App {
             // be sent and the client resets the stream (HEAD /v2/, HEAD /healthz).
             *resp.body_mut() = crate::server::body::empty();
         }
-        if head {
-            // A HEAD response never has a body. HTTP/1 drops one, but over HTTP/2 it would
-            // be sent and the client resets the stream (HEAD /v2/, HEAD /healthz).
-            *resp.body_mut() = crate::server::body::empty();
-        }
         let h = resp.headers_mut();
         h.insert(
             "docker-distribution-api-version",
@@ -146,6 +146,8 @@ impl App {
         if ctx.upstream.is_some() {
             h.insert("x-cache", HeaderValue::from_static(ctx.cache.as_str()));
         }
+        let elapsed = start.elapsed();
+        crate::metrics::request(&ctx, &method, &resp, elapsed);
         tracing::info!(
             target: "access",
             client = %ctx.peer.ip(),
@@ -155,7 +157,7 @@ impl App {
             status = resp.status().as_u16(),
             cache = ctx.cache.as_str(),
             upstream = ctx.upstream.as_deref().unwrap_or("-"),
-            duration_us = start.elapsed().as_micros() as u64,
+            duration_us = elapsed.as_micros() as u64,
         );
         resp
     }
@@ -175,6 +177,9 @@ impl App {
                     Route::Healthz => Ok(health::healthz()),
                     Route::Readyz => Ok(health::readyz(self).await),
                     Route::Health => Ok(health::detailed(self).await),
+                    Route::Metrics if m == Method::GET || m == Method::HEAD => {
+                        Ok(health::metrics(self))
+                    }
                     Route::Catalog if m == Method::GET => listing::catalog(self, req.uri()).await,
                     Route::NotFound => {
                         Err(Error::not_found(ErrorCode::Unsupported, "no such endpoint"))
@@ -295,11 +300,14 @@ impl App {
         match self.config.server.hosted_writes {
             HostedWrites::Any => Ok(()),
             HostedWrites::Loopback if peer.ip().is_loopback() => Ok(()),
-            HostedWrites::Loopback => Err(Error::client(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                "writes are accepted only from loopback clients (server.hosted_writes = \"loopback\")",
-            )),
+            HostedWrites::Loopback => {
+                crate::metrics::auth_failure();
+                Err(Error::client(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    "writes are accepted only from loopback clients (server.hosted_writes = \"loopback\")",
+                ))
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `error`: the request-path error type
 //! - `cli`: the `agent` client commands
 //! - `upstream`: the outbound HTTP client of the mirror (token auth, retries, timeouts)
+//! - `metrics`: every metric name, once; the Prometheus recorder behind `GET /metrics`
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod server;

@@ -97,6 +97,28 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reloads the TLS files on every SIGHUP; never returns.
+async fn reload_on_hangup(running: &agent_registry::server::Running) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return std::future::pending().await;
+    };
+    while hangups.recv().await.is_some() {
+        if !running.app.config.tls.enabled {
+            tracing::info!("SIGHUP: tls is not enabled, nothing to reload");
+            continue;
+        }
+        match running.reload_tls() {
+            Ok(()) => tracing::info!("SIGHUP: tls certificate reloaded"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: cannot reload tls, keeping the previous certificate"
+            ),
+        }
+    }
+    std::future::pending().await
+}
+
 async fn serve(
     mut cfg: Config,
     listen: Option<SocketAddr>,
@@ -114,15 +136,23 @@ async fn serve(
     let app = App::new(cfg).with_context(|| format!("opening storage in {}", data.display()))?;
     let running = agent_registry::server::Running::start(app.clone())
         .await
-        .with_context(|| format!("binding {}", app.config.server.listen))?;
+        .with_context(|| format!("starting the server on {}", app.config.server.listen))?;
+    let scheme = if app.config.tls.enabled {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         addr = %running.addr,
         config = %origin,
         data_dir = %data.display(),
-        "agent-registry listening on http://{}",
+        "agent-registry listening on {scheme}://{}",
         running.addr
     );
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {},
+        _ = reload_on_hangup(&running) => {},
+    }
     tracing::info!("shutting down: draining in-flight requests");
     running.stop().await;
     Ok(())

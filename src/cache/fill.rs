@@ -97,6 +97,7 @@ impl Fills {
         source: Source,
     ) -> Result<(Arc<Fill>, bool), FillError> {
         if let Some(f) = self.get(digest) {
+            crate::metrics::fill_joined();
             return Ok((f, false));
         }
         let internal =
@@ -113,9 +114,11 @@ impl Fills {
             let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = m.get(digest) {
                 // Lost the race: someone started it meanwhile; our temp file is dropped.
+                crate::metrics::fill_joined();
                 return Ok((f.clone(), false));
             }
             m.insert(digest.clone(), fill.clone());
+            crate::metrics::fill_started();
         }
         let (fills, storage, digest) = (self.clone(), storage.clone(), digest.clone());
         tokio::spawn(async move {
@@ -127,6 +130,7 @@ impl Fills {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&digest);
+            crate::metrics::fill_finished(outcome.as_ref().err().map(|e| e.kind));
             tx.send_modify(|p| {
                 if p.outcome.is_none() {
                     p.outcome = Some(outcome);

@@ -56,6 +56,12 @@ pub enum RegistryCommand {
         #[arg(long)]
         detailed: bool,
     },
+    /// Print the registry's Prometheus metrics (GET /metrics).
+    Metrics {
+        /// Only this metric family, e.g. agent_registry_pull_operations_total.
+        #[arg(long)]
+        metric: Option<String>,
+    },
 }
 
 /// Runs the parsed command, writing its output to `out`.
@@ -66,6 +72,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             match command {
                 RegistryCommand::Ping => ping(&client, out).await,
                 RegistryCommand::Health { detailed } => health(&client, detailed, out).await,
+                RegistryCommand::Metrics { metric } => {
+                    metrics(&client, metric.as_deref(), out).await
+                }
             }
         }
     }
@@ -120,4 +129,86 @@ async fn health(client: &http::Client, detailed: bool, out: &mut dyn Write) -> a
         );
     }
     Ok(())
+}
+
+async fn metrics(
+    client: &http::Client,
+    metric: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let r = client.get("/metrics").await?;
+    if !r.status.is_success() {
+        bail!(
+            "registry {} answered GET /metrics with HTTP {}",
+            client.base(),
+            r.status.as_u16()
+        );
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    let Some(name) = metric else {
+        write!(out, "{text}")?;
+        return Ok(());
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| in_family(l, name)).collect();
+    if lines.is_empty() {
+        bail!(
+            "registry {} exports no metric {name} (a metric appears once it has a value)",
+            client.base()
+        );
+    }
+    for l in lines {
+        writeln!(out, "{l}")?;
+    }
+    Ok(())
+}
+
+/// True for the `# HELP`/`# TYPE` lines and the samples of metric family `name`
+/// (a histogram's samples end in `_bucket`, `_sum`, `_count`).
+fn in_family(line: &str, name: &str) -> bool {
+    let sample = match line
+        .strip_prefix("# HELP ")
+        .or_else(|| line.strip_prefix("# TYPE "))
+    {
+        Some(rest) => return rest.split(' ').next() == Some(name),
+        None => line,
+    };
+    let Some(rest) = sample.strip_prefix(name) else {
+        return false;
+    };
+    let rest = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| rest.strip_prefix(s))
+        .unwrap_or(rest);
+    rest.starts_with('{') || rest.starts_with(' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_family;
+
+    #[test]
+    fn metric_family_lines() {
+        let n = "agent_registry_request_duration_seconds";
+        for (line, expected) in [
+            ("# HELP agent_registry_request_duration_seconds Time", true),
+            (
+                "# TYPE agent_registry_request_duration_seconds histogram",
+                true,
+            ),
+            (
+                "agent_registry_request_duration_seconds_bucket{le=\"1\"} 3",
+                true,
+            ),
+            (
+                "agent_registry_request_duration_seconds_sum{route=\"blob\"} 0.5",
+                true,
+            ),
+            ("agent_registry_request_duration_seconds_count 2", true),
+            ("agent_registry_request_duration_seconds_other 2", false),
+            ("# TYPE agent_registry_requests_total counter", false),
+            ("agent_registry_requests_total{route=\"blob\"} 1", false),
+        ] {
+            assert_eq!(in_family(line, n), expected, "{line}");
+        }
+    }
 }

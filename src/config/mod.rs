@@ -14,6 +14,7 @@
 
 mod checks;
 mod merge;
+mod tls;
 mod units;
 mod upstream;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use toml::Table;
 
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
+pub use tls::{TlsConfig, TlsFileError};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use upstream::{MirrorConfig, UpstreamConfig};
 use upstream::{RawMirror, ShownUpstream};
@@ -45,6 +47,7 @@ const REDACTED: &str = "<redacted>";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub mirror: MirrorConfig,
@@ -192,6 +195,7 @@ fn invalid(origin: &str, key: &str, problem: String) -> ConfigError {
 #[derive(Serialize)]
 struct RawConfig {
     server: RawServer,
+    tls: tls::RawTls,
     storage: RawStorage,
     log: RawLog,
     mirror: RawMirror,
@@ -308,6 +312,7 @@ impl Config {
         let others = others.map(|name| UpstreamConfig::new(name, &format!("https://{name}")));
         Config {
             server,
+            tls: TlsConfig::default(),
             storage,
             log,
             mirror,
@@ -326,6 +331,7 @@ impl Config {
                 max_manifest_size: format_size(server.max_manifest_size),
                 hosted_writes: server.hosted_writes.as_str().into(),
             },
+            tls: tls::show_tls(&self.tls),
             storage: RawStorage {
                 data_dir: storage.data_dir.to_string_lossy().into(),
                 upload_expiry: format_duration(storage.upload_expiry),
@@ -375,12 +381,14 @@ impl Config {
             level: o.check("log.level", non_empty(&log.level))?,
             format: o.check("log.format", format)?,
         };
+        let tls = tls::build_tls(o.section(&mut table, "tls")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
         let (upstreams, _disabled) = upstreams;
         Ok(Config {
             server,
+            tls,
             storage,
             log,
             mirror,

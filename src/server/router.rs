@@ -18,6 +18,7 @@ pub enum Route<'a> {
     Healthz,
     Readyz,
     Health,
+    Metrics,
     NotFound,
 }
 
@@ -33,6 +34,7 @@ impl Route<'_> {
             Route::UploadStart(_) | Route::Upload(..) => "upload",
             Route::Referrers(..) => "referrers",
             Route::Healthz | Route::Readyz | Route::Health => "health",
+            Route::Metrics => "metrics",
             Route::NotFound => "not_found",
         }
     }
@@ -58,6 +60,7 @@ pub fn parse(path: &str) -> Route<'_> {
         "/healthz" => return Route::Healthz,
         "/readyz" => return Route::Readyz,
         "/health" => return Route::Health,
+        "/metrics" => return Route::Metrics,
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
@@ -102,6 +105,7 @@ mod tests {
         check("/v2/", Route::Base);
         check("/v2", Route::Base);
         check("/v2/_catalog", Route::Catalog);
+        check("/metrics", Route::Metrics);
         check("/v2/a/b/c/tags/list", Route::Tags("a/b/c"));
         check("/v2/a/manifests/latest", Route::Manifest("a", "latest"));
         check(

@@ -16,7 +16,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use rand::Rng;
 use std::error::Error as StdError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Attempts per request for connect failures and 502/503/504.
 const MAX_ATTEMPTS: u32 = 3;
@@ -37,8 +37,21 @@ impl Upstream {
     /// `repo` is the upstream repository for the token scope (`repository:<repo>:pull`).
     /// Extra headers such as Accept and Range are passed on (Authorization is not).
     /// Returns once the response head arrived with a 2xx or 304 status; every other
-    /// outcome is an [`UpstreamError`].
+    /// outcome is an [`UpstreamError`]. Each call is counted once in the upstream metrics.
     pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let start = Instant::now();
+        let result = self.send_unmetered(method, path, repo, headers).await;
+        crate::metrics::upstream_request(&self.cfg.name, &result, start.elapsed());
+        result
+    }
+
+    async fn send_unmetered(
         &self,
         method: Method,
         path: &str,

@@ -8,6 +8,8 @@ mod conformance;
 mod crash;
 mod garbage;
 mod interop;
+mod metrics;
 mod mirror;
 mod mirror_faults;
+mod tls;
 mod upstream;

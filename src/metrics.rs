@@ -1,0 +1,429 @@
+//! Every metric name, once, with its description; the process-wide Prometheus recorder;
+//! and the small recording functions the request path calls.
+//!
+//! Names follow `agent_registry_<thing>_<unit>[_total]`. Label values come only from closed
+//! sets (`&'static str`) or configured upstream names, never from requests or error text.
+//! Values that are cheap to read when asked (storage space, rate-limit headroom, the
+//! memory tier) are set at scrape time by [`render`]; everything else is recorded as it
+//! happens. The recorder is installed once per process ([`install`]): tests run many
+//! servers in one process and they all share it.
+
+use crate::app::{App, CacheStatus, Ctx};
+use crate::cache::FillErrorKind;
+use crate::upstream::UpstreamError;
+use ::metrics::{counter, gauge, histogram, Unit};
+use http::{header, Method, Response, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const REQUESTS_TOTAL: &str = "agent_registry_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "agent_registry_request_duration_seconds";
+pub const SERVED_BYTES_TOTAL: &str = "agent_registry_served_bytes_total";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "agent_registry_upstream_requests_total";
+pub const UPSTREAM_REQUEST_DURATION_SECONDS: &str =
+    "agent_registry_upstream_request_duration_seconds";
+pub const UPSTREAM_RATELIMIT_REMAINING: &str = "agent_registry_upstream_ratelimit_remaining";
+pub const FILLS_IN_FLIGHT: &str = "agent_registry_fills_in_flight";
+pub const FILL_WAITERS_TOTAL: &str = "agent_registry_fill_waiters_total";
+pub const FILL_FAILURES_TOTAL: &str = "agent_registry_fill_failures_total";
+pub const PUSH_OPERATIONS_TOTAL: &str = "agent_registry_push_operations_total";
+pub const PULL_OPERATIONS_TOTAL: &str = "agent_registry_pull_operations_total";
+pub const STORAGE_USED_BYTES: &str = "agent_registry_storage_used_bytes";
+pub const STORAGE_FREE_BYTES: &str = "agent_registry_storage_free_bytes";
+pub const CACHE_ENTRIES: &str = "agent_registry_cache_entries";
+pub const CACHE_BYTES: &str = "agent_registry_cache_bytes";
+pub const RATE_LIMITED_TOTAL: &str = "agent_registry_rate_limited_total";
+pub const AUTH_FAILURES_TOTAL: &str = "agent_registry_auth_failures_total";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric: name, kind, unit, labels and help text (the README table lists the same).
+#[derive(Debug, Clone, Copy)]
+pub struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    kind: Kind,
+    unit: Unit,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Def {
+    Def {
+        name,
+        kind,
+        unit,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter as C, Gauge as G, Histogram as H};
+
+/// Every metric this process exports (one row each; kept as a table).
+#[rustfmt::skip]
+pub const ALL: &[Def] = &[
+    def(REQUESTS_TOTAL, C, Unit::Count, &["route", "method", "status_class", "cache"],
+        "Requests answered, by route, method, status class (2xx..5xx) and cache decision (none for hosted)"),
+    def(REQUEST_DURATION_SECONDS, H, Unit::Seconds, &["route", "method"],
+        "Time from request to response head"),
+    def(SERVED_BYTES_TOTAL, C, Unit::Bytes, &["source"],
+        "Bytes of 200/206 GET responses for repositories, by where they came from (memory, disk, upstream)"),
+    def(UPSTREAM_REQUESTS_TOTAL, C, Unit::Count, &["upstream", "outcome"],
+        "Requests sent to an upstream (retries included in one), by outcome"),
+    def(UPSTREAM_REQUEST_DURATION_SECONDS, H, Unit::Seconds, &["upstream"],
+        "Time until an upstream's response head, retries and auth included"),
+    def(UPSTREAM_RATELIMIT_REMAINING, G, Unit::Count, &["upstream"],
+        "The upstream's last ratelimit-remaining header (absent until one was seen)"),
+    def(FILLS_IN_FLIGHT, G, Unit::Count, &[],
+        "Blob fills from an upstream in progress"),
+    def(FILL_WAITERS_TOTAL, C, Unit::Count, &[],
+        "Requests that joined a fill already in progress instead of fetching again"),
+    def(FILL_FAILURES_TOTAL, C, Unit::Count, &["reason"],
+        "Blob fills that failed, by reason (not_found, unavailable, mismatch, internal)"),
+    def(PUSH_OPERATIONS_TOTAL, C, Unit::Count, &[],
+        "Successful manifest PUTs"),
+    def(PULL_OPERATIONS_TOTAL, C, Unit::Count, &[],
+        "Successful manifest GETs, hosted or proxied"),
+    def(STORAGE_USED_BYTES, G, Unit::Bytes, &[],
+        "Used bytes of the filesystem holding the data directory"),
+    def(STORAGE_FREE_BYTES, G, Unit::Bytes, &[],
+        "Bytes available to the registry on the filesystem holding the data directory"),
+    def(CACHE_ENTRIES, G, Unit::Count, &["tier"],
+        "Entries held by a cache tier"),
+    def(CACHE_BYTES, G, Unit::Bytes, &["tier"],
+        "Bytes held by a cache tier"),
+    def(RATE_LIMITED_TOTAL, C, Unit::Count, &[],
+        "Requests refused by the rate limiter"),
+    def(AUTH_FAILURES_TOTAL, C, Unit::Count, &[],
+        "Requests refused for missing or wrong credentials (today: writes from non-loopback clients)"),
+];
+
+/// Histogram buckets for latencies: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Installs the process-wide recorder on the first call and describes every metric;
+/// later calls return the same handle.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        STARTED.get_or_init(Instant::now);
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if ::metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        describe();
+        let h = handle.clone();
+        let upkeep = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                h.run_upkeep();
+            });
+        if let Err(e) = upkeep {
+            tracing::warn!(error = %e, "metrics upkeep thread not started");
+        }
+        handle
+    })
+}
+
+fn describe() {
+    for d in ALL {
+        match d.kind {
+            Kind::Counter => ::metrics::describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => ::metrics::describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => ::metrics::describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
+    // Label-less series exist from the start, so a scrape shows 0 rather than nothing.
+    for name in [
+        FILL_WAITERS_TOTAL,
+        PUSH_OPERATIONS_TOTAL,
+        PULL_OPERATIONS_TOTAL,
+        RATE_LIMITED_TOTAL,
+        AUTH_FAILURES_TOTAL,
+    ] {
+        counter!(name).increment(0);
+    }
+    gauge!(FILLS_IN_FLIGHT).increment(0.0);
+}
+
+/// Time since the recorder was installed (the server's start).
+pub fn uptime() -> Duration {
+    STARTED.get_or_init(Instant::now).elapsed()
+}
+
+/// Where the bytes of a response came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Disk,
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Memory => "memory",
+            Source::Disk => "disk",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+pub fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Records one finished request (called once, at the end of `App::handle`).
+pub fn request<B: http_body::Body>(
+    ctx: &Ctx,
+    method: &Method,
+    resp: &Response<B>,
+    elapsed: Duration,
+) {
+    let status = resp.status();
+    let method = method_label(method);
+    let cache = match ctx.upstream {
+        Some(_) => ctx.cache.as_str(),
+        None => "none",
+    };
+    counter!(REQUESTS_TOTAL, "route" => ctx.route, "method" => method,
+        "status_class" => status_class(status), "cache" => cache)
+    .increment(1);
+    histogram!(REQUEST_DURATION_SECONDS, "route" => ctx.route, "method" => method)
+        .record(elapsed.as_secs_f64());
+    let get = method == "GET";
+    if ctx.route == "manifest" {
+        match (method, status) {
+            ("GET", StatusCode::OK) => counter!(PULL_OPERATIONS_TOTAL).increment(1),
+            ("PUT", StatusCode::CREATED) => counter!(PUSH_OPERATIONS_TOTAL).increment(1),
+            _ => {}
+        }
+    }
+    if get && ctx.repo.is_some() && matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT) {
+        let len = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| resp.body().size_hint().exact());
+        if let Some(n) = len {
+            let source = served_from(ctx);
+            counter!(SERVED_BYTES_TOTAL, "source" => source.as_str()).increment(n);
+        }
+    }
+}
+
+/// Hosted content is on disk; proxied content came from the upstream on a miss, else
+/// from the cache (disk unless the handler said memory).
+fn served_from(ctx: &Ctx) -> Source {
+    if let Some(s) = ctx.served_from {
+        return s;
+    }
+    match (ctx.upstream.is_some(), ctx.cache) {
+        (false, _) => Source::Disk,
+        (true, CacheStatus::Miss | CacheStatus::Coalesced | CacheStatus::Bypass) => {
+            Source::Upstream
+        }
+        (true, CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated) => Source::Disk,
+    }
+}
+
+/// The outcome label of an upstream request.
+pub fn upstream_outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
+    let e = match r {
+        Ok(_) => return "ok",
+        Err(e) => e,
+    };
+    match e {
+        UpstreamError::Status { status, .. } => match *status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "auth_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            s if s.is_server_error() => "server_error",
+            _ => "client_error",
+        },
+        UpstreamError::TooManyRequests { .. } => "rate_limited",
+        UpstreamError::Auth { .. } => "auth_error",
+        UpstreamError::Timeout { .. } => "timeout",
+        UpstreamError::Connect { .. }
+        | UpstreamError::Tls { .. }
+        | UpstreamError::Request { .. }
+        | UpstreamError::Body { .. } => "connect_error",
+        UpstreamError::Config { .. } | UpstreamError::InvalidRequest { .. } => "client_error",
+    }
+}
+
+/// Records one `Upstream::send` (time to the response head, retries included).
+pub fn upstream_request<T>(upstream: &str, r: &Result<T, UpstreamError>, elapsed: Duration) {
+    let outcome = upstream_outcome(r);
+    counter!(UPSTREAM_REQUESTS_TOTAL, "upstream" => upstream.to_string(), "outcome" => outcome)
+        .increment(1);
+    histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "upstream" => upstream.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn fill_started() {
+    gauge!(FILLS_IN_FLIGHT).increment(1.0);
+}
+
+/// A fill left the table: `Err` with its kind when it failed.
+pub fn fill_finished(failure: Option<FillErrorKind>) {
+    gauge!(FILLS_IN_FLIGHT).decrement(1.0);
+    if let Some(kind) = failure {
+        let reason = match kind {
+            FillErrorKind::NotFound => "not_found",
+            FillErrorKind::Unavailable => "unavailable",
+            FillErrorKind::Mismatch => "mismatch",
+            FillErrorKind::Internal => "internal",
+        };
+        counter!(FILL_FAILURES_TOTAL, "reason" => reason).increment(1);
+    }
+}
+
+/// A request joined a fill in progress.
+pub fn fill_joined() {
+    counter!(FILL_WAITERS_TOTAL).increment(1);
+}
+
+pub fn auth_failure() {
+    counter!(AUTH_FAILURES_TOTAL).increment(1);
+}
+
+pub fn rate_limited() {
+    counter!(RATE_LIMITED_TOTAL).increment(1);
+}
+
+/// Space on the filesystem holding `path`.
+#[derive(Debug, Clone, Copy)]
+pub struct FsSpace {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    /// Available to unprivileged writers (what the registry can still use).
+    pub free_bytes: u64,
+}
+
+pub fn fs_space(path: &Path) -> std::io::Result<FsSpace> {
+    let s = rustix::fs::statvfs(path)?;
+    let unit = s.f_frsize.max(1);
+    Ok(FsSpace {
+        total_bytes: s.f_blocks.saturating_mul(unit),
+        used_bytes: s.f_blocks.saturating_sub(s.f_bfree).saturating_mul(unit),
+        free_bytes: s.f_bavail.saturating_mul(unit),
+    })
+}
+
+/// Sets the scrape-time gauges from `app` and renders the text exposition format.
+pub fn render(app: &App) -> String {
+    let handle = install();
+    for up in &app.mirror.upstreams {
+        if let Some(n) = up.ratelimit_remaining() {
+            gauge!(UPSTREAM_RATELIMIT_REMAINING, "upstream" => up.name().to_string()).set(n as f64);
+        }
+    }
+    match fs_space(&app.config.storage.data_dir) {
+        Ok(s) => {
+            gauge!(STORAGE_USED_BYTES).set(s.used_bytes as f64);
+            gauge!(STORAGE_FREE_BYTES).set(s.free_bytes as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "statvfs of the data directory failed"),
+    }
+    let (entries, bytes) = app.memory.stats();
+    gauge!(CACHE_ENTRIES, "tier" => "memory").set(entries as f64);
+    gauge!(CACHE_BYTES, "tier" => "memory").set(bytes as f64);
+    handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for d in ALL {
+            assert!(seen.insert(d.name), "{} twice", d.name);
+            assert!(d.name.starts_with("agent_registry_"), "{}", d.name);
+            let total = d.name.ends_with("_total");
+            assert_eq!(total, d.kind == Kind::Counter, "{}", d.name);
+            if d.kind == Kind::Histogram {
+                assert!(d.name.ends_with("_seconds"), "{}", d.name);
+            }
+            assert!(!d.help.is_empty());
+        }
+    }
+
+    #[test]
+    fn upstream_outcomes() {
+        let status = |s: u16| -> Result<(), UpstreamError> {
+            Err(UpstreamError::Status {
+                upstream: "u".into(),
+                what: "GET /v2/".into(),
+                status: StatusCode::from_u16(s).unwrap_or(StatusCode::IM_A_TEAPOT),
+                code: None,
+                message: None,
+            })
+        };
+        assert_eq!(upstream_outcome::<()>(&Ok(())), "ok");
+        assert_eq!(upstream_outcome(&status(404)), "not_found");
+        assert_eq!(upstream_outcome(&status(401)), "auth_error");
+        assert_eq!(upstream_outcome(&status(400)), "client_error");
+        assert_eq!(upstream_outcome(&status(503)), "server_error");
+        let timeout: Result<(), _> = Err(UpstreamError::Timeout {
+            upstream: "u".into(),
+            what: "GET /v2/".into(),
+            phase: crate::upstream::TimeoutPhase::FirstByte,
+            after: Duration::from_secs(1),
+        });
+        assert_eq!(upstream_outcome(&timeout), "timeout");
+    }
+
+    #[test]
+    fn statvfs_of_a_directory() {
+        let s = fs_space(Path::new(".")).expect("statvfs");
+        assert!(s.total_bytes > 0 && s.free_bytes <= s.total_bytes);
+    }
+}

@@ -9,6 +9,7 @@ use super::{upstream_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
 use crate::cache::memory::Manifest;
 use crate::error::{Error, Result};
+use crate::metrics::Source;
 use crate::oci::{manifest, Digest, ErrorCode, Reference};
 use crate::server::body::Body;
 use crate::server::manifests::{respond, respond_bytes};
@@ -54,8 +55,9 @@ pub async fn get(
     })?;
     match reference {
         Reference::Digest(d) => {
-            let (m, status) = by_digest(app, p, &d).await?;
+            let (m, status, from) = by_digest(app, p, &d).await?;
             ctx.cache = status;
+            ctx.served_from = from;
             Ok(respond_bytes(&d, &m.media_type, m.bytes.clone(), None))
         }
         Reference::Tag(t) => by_tag(app, p, &t, head, ctx).await,
@@ -64,16 +66,20 @@ pub async fn get(
 
 /// The cached manifest `d`: from memory, else from disk (verified, then kept in memory),
 /// else fetched from the upstream.
-async fn by_digest(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<(Arc<Manifest>, CacheStatus)> {
+async fn by_digest(
+    app: &Arc<App>,
+    p: &Proxy,
+    d: &Digest,
+) -> Result<(Arc<Manifest>, CacheStatus, Option<Source>)> {
     if let Some(m) = app.memory.manifest(d) {
-        return Ok((m, CacheStatus::Hit));
+        return Ok((m, CacheStatus::Hit, Some(Source::Memory)));
     }
     if let Some((mt, _)) = app.storage.meta.mirror_manifest(&d.to_string()).await? {
         if let Ok(bytes) = tokio::fs::read(app.storage.blobs.path(d)).await {
             if d.matches(&bytes) {
                 app.memory.put_manifest(d, &mt, bytes.into());
                 if let Some(m) = app.memory.manifest(d) {
-                    return Ok((m, CacheStatus::Hit));
+                    return Ok((m, CacheStatus::Hit, Some(Source::Disk)));
                 }
             } else {
                 tracing::error!(digest = %d, "cached manifest does not match its digest; refetching");
@@ -96,7 +102,7 @@ async fn by_digest(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<(Arc<Manifes
         media_type: mt,
         bytes,
     });
-    Ok((m, CacheStatus::Miss))
+    Ok((m, CacheStatus::Miss, None))
 }
 
 /// The tag row: memory first, then SQLite (which stays the source of truth).
@@ -222,7 +228,7 @@ async fn by_tag(
         let age = now.saturating_sub(row.fetched_ms) as u128;
         if age < cfg.tag_ttl.as_millis() || cfg.immutable_tags.iter().any(|re| re.is_match(tag)) {
             ctx.cache = CacheStatus::Hit;
-            return serve_row(app, p, row, head, None).await;
+            return serve_row(app, p, row, head, None, ctx).await;
         }
     }
     // Stale or unknown: ask the upstream. A HEAD when we hold a mapping (or the client only
@@ -255,7 +261,7 @@ async fn by_tag(
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
             if let (Some(row), true) = (&cached, cfg.serve_stale_on_404) {
                 ctx.cache = CacheStatus::Stale;
-                return serve_row(app, p, row, head, Some(STALE_WARNING)).await;
+                return serve_row(app, p, row, head, Some(STALE_WARNING), ctx).await;
             }
             app.storage
                 .meta
@@ -271,7 +277,7 @@ async fn by_tag(
             {
                 tracing::warn!(upstream = up.name(), repo = %p.repo, tag, error = %e, "upstream unavailable, serving stale tag");
                 ctx.cache = CacheStatus::Stale;
-                serve_row(app, p, row, head, Some(STALE_WARNING)).await
+                serve_row(app, p, row, head, Some(STALE_WARNING), ctx).await
             }
             _ => Err(upstream_error(&e)),
         },
@@ -285,7 +291,7 @@ async fn by_tag(
             row.fetched_ms = now;
             save_tag(app, p, tag, &row).await?;
             ctx.cache = CacheStatus::Revalidated;
-            serve_row(app, p, &row, head, None).await
+            serve_row(app, p, &row, head, None, ctx).await
         }
         Ok((Some(d), Some(mt), Some(len))) if head => {
             // A HEAD from the client on a tag we do not hold: remember the mapping; the
@@ -298,7 +304,7 @@ async fn by_tag(
             };
             save_tag(app, p, tag, &row).await?;
             ctx.cache = CacheStatus::Miss;
-            serve_row(app, p, &row, true, None).await
+            serve_row(app, p, &row, true, None, ctx).await
         }
         Ok(_) => {
             let (d, mt, bytes) = fetch(app, p, tag).await?;
@@ -322,6 +328,7 @@ async fn serve_row(
     row: &TagRow,
     head: bool,
     warning: Option<&str>,
+    ctx: &mut Ctx,
 ) -> Result<Response<Body>> {
     let d: Digest = row.digest.parse().map_err(|_| {
         Error::Internal(format!(
@@ -332,6 +339,7 @@ async fn serve_row(
     if head {
         return respond(app, &d, &row.media_type, row.size, true, warning).await;
     }
-    let (m, _) = by_digest(app, p, &d).await?;
+    let (m, _, from) = by_digest(app, p, &d).await?;
+    ctx.served_from = from.or(ctx.served_from);
     Ok(respond_bytes(&d, &m.media_type, m.bytes.clone(), warning))
 }

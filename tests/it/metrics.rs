@@ -327,4 +327,19 @@ fn tidy_every_metric_is_documented() {
             "README documents unknown metric {name}"
         );
     }
+    // The table's type and labels columns say what the code declares.
+    for d in agent_registry::metrics::ALL {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", d.name)))
+            .unwrap_or_else(|| panic!("no row for {}", d.name));
+        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+        let kind = format!("{:?}", d.kind).to_lowercase();
+        assert_eq!(cols.get(2), Some(&kind.as_str()), "{row}");
+        let labels: Vec<&str> = cols
+            .get(3)
+            .map(|c| c.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        assert_eq!(labels, d.labels, "{row}");
+    }
 }

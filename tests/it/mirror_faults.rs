@@ -505,6 +505,14 @@ async fn warm_manifests_come_from_the_memory_tier() {
     let digest: Digest = d.parse().expect("digest");
     std::fs::remove_file(srv.app.storage.blobs.path(&digest)).expect("remove");
     fake.set(|s| s.server_errors = 1000);
+    let memory_bytes = |text: String| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("agent_registry_served_bytes_total{source=\"memory\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = memory_bytes(String::from_utf8_lossy(&http.get("/metrics").await.body).into());
     for path in [
         "/v2/app/manifests/v1".to_string(),
         format!("/v2/app/manifests/{d}"),
@@ -517,6 +525,11 @@ async fn warm_manifests_come_from_the_memory_tier() {
         );
         assert_eq!(r.body.as_ref(), m.as_slice());
     }
+    let after = memory_bytes(String::from_utf8_lossy(&http.get("/metrics").await.body).into());
+    assert!(
+        after - before >= 2.0 * m.len() as f64,
+        "served from memory: {before} -> {after}"
+    );
     let (entries, bytes) = srv.app.memory.stats();
     assert!(
         entries >= 2 && bytes > 0,

@@ -27,6 +27,8 @@ pub struct App {
     pub mirror: Mirror,
     /// Small hot objects (manifests, tag rows) kept in RAM.
     pub memory: MemoryTier,
+    /// Per-client request rate limits (`[limits]`).
+    pub limits: crate::server::limits::Limits,
     draining: AtomicBool,
 }
 
@@ -82,11 +84,13 @@ impl App {
         crate::metrics::install();
         let storage = Arc::new(Storage::open(&config.storage.data_dir)?);
         let mirror = Mirror::new(&config)?;
+        let limits = crate::server::limits::Limits::new(&config.limits);
         Ok(Arc::new(App {
             config,
             storage,
             mirror,
             memory: MemoryTier::new(MEMORY_TIER_BYTES),
+            limits,
             draining: AtomicBool::new(false),
         }))
     }
@@ -168,6 +172,7 @@ impl App {
         req: Request<ReqBody>,
         ctx: &mut Ctx,
     ) -> Result<Response<Body>> {
+        self.limits.check(&route, ctx.peer, req.headers())?;
         let m = req.method().clone();
         let name = match route.repo() {
             Some(n) => repo(n)?,

@@ -14,6 +14,13 @@ pub enum Error {
         code: ErrorCode,
         message: String,
     },
+    /// The client is over its rate limit: 429 `TOOMANYREQUESTS` with `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests {
+        /// When the client may try again; sent rounded up to whole seconds, at least 1.
+        retry_after: std::time::Duration,
+        message: String,
+    },
     /// Something in this server failed; details go to the log, not the client.
     #[error("internal: {0}")]
     Internal(String),
@@ -41,6 +48,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Client { status, .. } => *status,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

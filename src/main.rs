@@ -1,7 +1,9 @@
-//! `agent-registry`: parse the command line, load and validate the config, serve.
+//! `agent-registry`: parse the command line, load and validate the config, serve; tells
+//! systemd (`Type=notify`) when it is ready and when it stops.
 
 use agent_registry::app::App;
 use agent_registry::config::{process_env, Config, LogFormat};
+use agent_registry::server::systemd;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -149,11 +151,16 @@ async fn serve(
         "agent-registry listening on {scheme}://{}",
         running.addr
     );
+    systemd::notify("READY=1");
     tokio::select! {
         _ = shutdown_signal() => {},
         _ = reload_on_hangup(&running) => {},
     }
-    tracing::info!("shutting down: draining in-flight requests");
+    tracing::info!(
+        drain_timeout = ?app.config.server.drain_timeout,
+        "shutting down: draining in-flight requests"
+    );
+    systemd::notify("STOPPING=1");
     running.stop().await;
     Ok(())
 }
@@ -170,11 +177,15 @@ fn main() -> std::process::ExitCode {
             for spec in &upstreams {
                 cfg.apply_upstream_flag(spec)?;
             }
-            tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .context("starting the runtime")?
-                .block_on(serve(cfg, listen, data_dir))
+                .context("starting the runtime")?;
+            let result = runtime.block_on(serve(cfg, listen, data_dir));
+            // Connections still open after the drain deadline are cut here; blocking
+            // tasks (file I/O) get a moment, but never hold up the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
         }),
         Command::Config {
             command: ConfigCommand::Check { config },

@@ -9,10 +9,12 @@
 //! keys are checked against `upstream::template` (see `upstream.rs`).
 //!
 //! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
-//! (sizes, durations), `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`),
+//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `upstream.rs`
+//! (`[mirror]`, `[upstreams]`, `--upstream`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
 mod checks;
+mod limits;
 mod merge;
 mod tls;
 mod units;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Table;
 
+pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use tls::{TlsConfig, TlsFileError};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
@@ -42,6 +45,8 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/agent-registry.
 const EMBEDDED: &str = "embedded default";
 const MAX_MANIFEST_SIZE_LIMIT: u64 = 64 << 20;
 const REDACTED: &str = "<redacted>";
+const MIN_HEADER_SIZE: u64 = 8 << 10;
+const MAX_HEADER_SIZE: u64 = 16 << 20;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -51,6 +56,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub mirror: MirrorConfig,
+    pub limits: LimitsConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// `"embedded default"` or the path of the file it was loaded from.
@@ -63,6 +69,16 @@ pub struct ServerConfig {
     /// Bytes; a larger manifest PUT is rejected.
     pub max_manifest_size: u64,
     pub hosted_writes: HostedWrites,
+    /// Open connections at most; further ones are accepted and closed at once.
+    pub max_connections: usize,
+    /// A client must send a complete HTTP/1 request head within this time.
+    pub header_read_timeout: Duration,
+    /// Bytes: the HTTP/1 read buffer (request line + headers) and HTTP/2 header list.
+    pub max_header_size: u64,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub keep_alive_timeout: Duration,
+    /// How long in-flight requests may run after shutdown starts.
+    pub drain_timeout: Duration,
 }
 
 /// Who may push to and delete from hosted repositories.
@@ -199,6 +215,7 @@ struct RawConfig {
     storage: RawStorage,
     log: RawLog,
     mirror: RawMirror,
+    limits: limits::RawLimits,
     upstreams: BTreeMap<String, ShownUpstream>,
 }
 
@@ -208,6 +225,11 @@ struct RawServer {
     listen: String,
     max_manifest_size: String,
     hosted_writes: String,
+    max_connections: i64,
+    header_read_timeout: String,
+    max_header_size: String,
+    keep_alive_timeout: String,
+    drain_timeout: String,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -281,6 +303,11 @@ impl Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             max_manifest_size: 4 << 20,
             hosted_writes: HostedWrites::Loopback,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_size: 64 << 10,
+            keep_alive_timeout: Duration::from_secs(75),
+            drain_timeout: Duration::from_secs(30),
         };
         let storage = StorageConfig {
             data_dir: PathBuf::from("./data"),
@@ -316,6 +343,7 @@ impl Config {
             storage,
             log,
             mirror,
+            limits: LimitsConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             origin: EMBEDDED.into(),
         }
@@ -330,6 +358,11 @@ impl Config {
                 listen: server.listen.to_string(),
                 max_manifest_size: format_size(server.max_manifest_size),
                 hosted_writes: server.hosted_writes.as_str().into(),
+                max_connections: i64::try_from(server.max_connections).unwrap_or(i64::MAX),
+                header_read_timeout: format_duration(server.header_read_timeout),
+                max_header_size: format_size(server.max_header_size),
+                keep_alive_timeout: format_duration(server.keep_alive_timeout),
+                drain_timeout: format_duration(server.drain_timeout),
             },
             tls: tls::show_tls(&self.tls),
             storage: RawStorage {
@@ -342,6 +375,7 @@ impl Config {
                 format: log.format.as_str().into(),
             },
             mirror: upstream::show_mirror(&self.mirror),
+            limits: limits::show_limits(&self.limits),
             upstreams: upstream::show_upstreams(&self.upstreams),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
@@ -365,12 +399,34 @@ impl Config {
             HostedWrites::as_str,
         );
         let format = one_of(&log.format, &LogFormat::ALL, LogFormat::as_str);
+        let max_connections = usize::try_from(server.max_connections)
+            .map_err(|_| format!("{} must not be negative", server.max_connections))
+            .and_then(|n| positive(Ok(n)))
+            .and_then(|n| match n <= 10_000_000 {
+                true => Ok(n),
+                false => Err(format!("{n} is larger than the limit of 10000000")),
+            });
+        let header_timeout = positive(parse_duration(&server.header_read_timeout));
+        let header_size = parse_size(&server.max_header_size).and_then(|n| {
+            // hyper's http1 buffer cannot be smaller than 8KiB; h2 takes a u32.
+            match (MIN_HEADER_SIZE..=MAX_HEADER_SIZE).contains(&n) {
+                true => Ok(n),
+                false => Err(format!("{n} bytes is outside 8KiB..=16MiB")),
+            }
+        });
+        let keep_alive = positive(parse_duration(&server.keep_alive_timeout));
+        let drain = parse_duration(&server.drain_timeout);
         let expiry = positive(parse_duration(&storage.upload_expiry));
         let purge = positive(parse_duration(&storage.upload_purge_interval));
         let server = ServerConfig {
             listen: o.check("server.listen", parse_socket_addr(&server.listen))?,
             max_manifest_size: o.check("server.max_manifest_size", manifest_size)?,
             hosted_writes: o.check("server.hosted_writes", writes)?,
+            max_connections: o.check("server.max_connections", max_connections)?,
+            header_read_timeout: o.check("server.header_read_timeout", header_timeout)?,
+            max_header_size: o.check("server.max_header_size", header_size)?,
+            keep_alive_timeout: o.check("server.keep_alive_timeout", keep_alive)?,
+            drain_timeout: o.check("server.drain_timeout", drain)?,
         };
         let storage = StorageConfig {
             data_dir: PathBuf::from(o.check("storage.data_dir", non_empty(&storage.data_dir))?),
@@ -382,6 +438,7 @@ impl Config {
             format: o.check("log.format", format)?,
         };
         let tls = tls::build_tls(o.section(&mut table, "tls")?, o)?;
+        let limits = limits::build_limits(o.section(&mut table, "limits")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
@@ -392,6 +449,7 @@ impl Config {
             storage,
             log,
             mirror,
+            limits,
             upstreams,
             origin: origin.to_string(),
         })

@@ -91,6 +91,10 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
             code,
             message,
         } => (*status, error_body(*code, message)),
+        Error::TooManyRequests { message, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            error_body(crate::oci::ErrorCode::Toomanyrequests, message),
+        ),
         Error::Internal(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             error_body(crate::oci::ErrorCode::Unknown, "internal server error"),
@@ -100,6 +104,10 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
     if head {
         *r.body_mut() = empty();
     }
+    if let Error::TooManyRequests { retry_after, .. } = e {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
+    }
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -107,4 +115,10 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
         );
     }
     r
+}
+
+/// `Retry-After` in whole seconds: rounded up, at least 1.
+pub fn retry_after_secs(d: std::time::Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
 }

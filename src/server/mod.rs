@@ -1,18 +1,24 @@
 //! The HTTP server: accepts TCP connections, optionally completes a TLS handshake
 //! (`tls.rs`), speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 by ALPN) through
 //! hyper-util's auto builder, hands every request to `App::handle`, and shuts down
-//! gracefully. One file per resource next to this one.
+//! gracefully. Connection limits (count, header timeout, header size, idle timeout) are
+//! applied here, idle tracking lives in `idle.rs`, the systemd notify protocol in
+//! `systemd.rs`. One file per resource next to this one.
 
 pub mod blobs;
 pub mod body;
 pub mod health;
+pub mod idle;
+pub mod limits;
 pub mod listing;
 pub mod manifests;
 pub mod router;
+pub mod systemd;
 pub mod tls;
 pub mod uploads;
 
 use crate::app::App;
+use crate::config::ServerConfig;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,10 +29,7 @@ use std::time::Duration;
 use tls::ServerTls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-/// How long in-flight requests may run after shutdown starts.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+use tokio::sync::{watch, Semaphore};
 
 /// Serves `app` on `listener` (HTTPS when `tls` is set) until `shutdown` flips to true,
 /// then drains.
@@ -37,19 +40,18 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let cfg = app.config.server.clone();
+    let builder = Arc::new(builder(&cfg));
+    // At the limit a connection is accepted and closed at once rather than left in the
+    // kernel backlog: the client fails fast instead of hanging until its own timeout,
+    // and the backlog cannot fill up behind connections we would never serve.
+    let slots = Arc::new(Semaphore::new(
+        cfg.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let purge = tokio::spawn(purge_uploads(app.clone()));
     let reload = tls.clone().map(|t| tokio::spawn(t.watch_files()));
+    let mut watchdog = systemd::watchdog_interval()
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -61,19 +63,44 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Only this loop pets the watchdog: a wedged accept loop gets restarted.
+            _ = tick(&mut watchdog) => {
+                systemd::notify("WATCHDOG=1");
+                continue;
+            }
             _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(client = %peer, limit = cfg.max_connections, "connection limit reached, closing");
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+        let activity = idle::Activity::new();
+        let idle_timeout = cfg.keep_alive_timeout;
         // The handshake runs in the connection's task: a slow client never stalls accept.
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            match acceptor {
-                None => serve_connection(app, &builder, watcher, stream, peer).await,
-                Some(acceptor) => {
-                    if let Some(stream) = tls::handshake(acceptor, stream, peer).await {
-                        serve_connection(app, &builder, watcher, stream, peer).await;
-                    }
+            let _permit = permit;
+            let conn = async {
+                // The TLS handshake has its own timeout; idle tracking starts after it.
+                let stream = match acceptor {
+                    None => Some(Box::new(stream) as Box<dyn Io>),
+                    Some(acceptor) => tls::handshake(acceptor, stream, peer)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Io>),
+                };
+                if let Some(stream) = stream {
+                    activity.touch();
+                    let stream = idle::IdleIo::new(stream, activity.clone());
+                    serve_connection(app, &builder, watcher, stream, peer, &activity).await;
+                }
+            };
+            tokio::select! {
+                _ = conn => {}
+                _ = activity.idle(idle_timeout) => {
+                    tracing::debug!(client = %peer, "idle connection closed");
                 }
             }
         });
@@ -86,7 +113,39 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed, closing"),
+        _ = tokio::time::sleep(cfg.drain_timeout) => tracing::warn!("drain deadline passed, closing"),
+    }
+}
+
+/// A plain or TLS connection.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// The HTTP/1 and HTTP/2 settings from `[server]`.
+fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let header_size = usize::try_from(cfg.max_header_size).unwrap_or(usize::MAX);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(header_size)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Waits for the next watchdog tick; never resolves when the watchdog is off.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -97,12 +156,19 @@ async fn serve_connection<I>(
     watcher: Watcher,
     io: I,
     peer: SocketAddr,
+    activity: &Arc<idle::Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = activity.clone();
     let svc = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
+        let in_flight = activity.request();
+        async move {
+            let response = app.handle(req, peer).await;
+            drop(in_flight);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
     if let Err(e) = watcher.watch(conn).await {

@@ -8,6 +8,8 @@ mod conformance;
 mod crash;
 mod garbage;
 mod interop;
+mod lifecycle;
+mod limits;
 mod metrics;
 mod mirror;
 mod mirror_faults;

@@ -118,13 +118,18 @@ async fn tag_row(app: &App, p: &Proxy, tag: &str) -> Result<Option<TagRow>> {
     Ok(row)
 }
 
-async fn save_tag(app: &App, p: &Proxy, tag: &str, row: &TagRow) -> Result<()> {
-    let up = p.upstream.name();
-    app.storage
-        .meta
-        .put_mirror_tag(up, &p.repo, tag, row.clone())
-        .await?;
-    app.memory.put_tag(up, &p.repo, tag, row.clone());
+/// Records a tag row: in memory at once, in SQLite in the background. The mirror's
+/// metadata is a cache: the client does not wait for its durability, and a row lost in a
+/// crash only costs a revalidation. Older rows never overwrite newer ones.
+async fn save_tag(app: &Arc<App>, p: &Proxy, tag: &str, row: &TagRow) -> Result<()> {
+    let up = p.upstream.name().to_string();
+    app.memory.put_tag(&up, &p.repo, tag, row.clone());
+    let (app, repo, tag, row) = (app.clone(), p.repo.clone(), tag.to_string(), row.clone());
+    tokio::spawn(async move {
+        if let Err(e) = app.storage.meta.put_mirror_tag(&up, &repo, &tag, row).await {
+            tracing::warn!(upstream = %up, repo = %repo, tag = %tag, error = %e, "tag mapping not persisted");
+        }
+    });
     Ok(())
 }
 
@@ -203,13 +208,29 @@ async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, St
     } else {
         mt.split(';').next().unwrap_or("").trim().to_string()
     };
-    if let Commit::Stored { .. } = app.storage.blobs.put_bytes(&digest, &bytes).await? {
-        app.storage
-            .meta
-            .put_mirror_manifest(&digest.to_string(), &mt, bytes.len() as u64)
-            .await?;
-    }
+    // Verified: serve from memory now, make the disk copy in the background.
     app.memory.put_manifest(&digest, &mt, bytes.clone());
+    let (bg, d, m, b) = (app.clone(), digest.clone(), mt.clone(), bytes.clone());
+    tokio::spawn(async move {
+        let stored = match bg.storage.blobs.put_bytes(&d, &b).await {
+            Ok(Commit::Stored { .. }) => true,
+            Ok(Commit::Mismatch { actual }) => {
+                tracing::error!(digest = %d, actual = %actual, "manifest bytes changed before caching");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "manifest served but not cached");
+                false
+            }
+        };
+        if stored {
+            let key = d.to_string();
+            let meta = &bg.storage.meta;
+            if let Err(e) = meta.put_mirror_manifest(&key, &m, b.len() as u64).await {
+                tracing::warn!(digest = %d, error = %e, "manifest media type not persisted");
+            }
+        }
+    });
     Ok((digest, mt, bytes))
 }
 

@@ -60,7 +60,8 @@ impl Meta {
             c.prepare_cached(
                 "INSERT INTO mirror_tags(upstream, repo, tag, digest, media_type, size, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(upstream, repo, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
-                 size = excluded.size, fetched_ms = excluded.fetched_ms",
+                 size = excluded.size, fetched_ms = excluded.fetched_ms
+                 WHERE excluded.fetched_ms >= mirror_tags.fetched_ms",
             )?
             .execute(params![u, r, t, row.digest, row.media_type, row.size as i64, row.fetched_ms])?;
             Ok(())

@@ -501,7 +501,9 @@ async fn warm_manifests_come_from_the_memory_tier() {
         http.get("/v2/app/manifests/v1").await.status,
         StatusCode::OK
     );
-    // Take the disk copy and the upstream away: a warm hit needs neither.
+    // Take the disk copy (written in the background) and the upstream away: a warm
+    // hit needs neither.
+    assert!(stored(&srv, &d).await, "the manifest reaches the disk");
     let digest: Digest = d.parse().expect("digest");
     std::fs::remove_file(srv.app.storage.blobs.path(&digest)).expect("remove");
     fake.set(|s| s.server_errors = 1000);

@@ -14,7 +14,7 @@ use crate::storage::{Commit, Storage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,8 @@ use tokio::sync::watch;
 
 /// Bytes handed to a reader per read.
 const READ_CHUNK: u64 = 256 * 1024;
+/// Most bytes gathered from ready chunks into one write.
+const WRITE_BATCH: usize = 1 << 20;
 /// Reopens of an interrupted source before the fill fails.
 const MAX_RESUMES: u32 = 3;
 
@@ -181,29 +183,53 @@ async fn run(
                 }
                 let mut stream = opened.stream;
                 let mut broke = None;
-                while let Some(chunk) = stream.next().await {
-                    match chunk {
-                        Ok(b) => {
-                            if total.is_some_and(|t| temp.len() + b.len() as u64 > t) {
-                                return Err(FillError::new(
-                                    FillErrorKind::Mismatch,
-                                    format!(
-                                        "blob {digest}: source sent more than its declared length"
-                                    ),
-                                ));
-                            }
-                            hasher.update(&b);
-                            temp.write(&b).await.map_err(|e| {
-                                FillError::new(FillErrorKind::Internal, format!("cache write: {e}"))
-                            })?;
-                            let n = temp.len();
-                            tx.send_modify(|p| p.written = n);
-                        }
-                        Err(e) => {
+                let mut ended = false;
+                while !ended && broke.is_none() {
+                    // Take every chunk that is already there (up to WRITE_BATCH) and
+                    // write them with one call: one blocking-pool trip, one wake-up.
+                    let mut batch = match stream.next().await {
+                        Some(Ok(b)) => vec![b],
+                        Some(Err(e)) => {
                             broke = Some(e);
                             break;
                         }
+                        None => break,
+                    };
+                    let mut len = batch[0].len();
+                    while len < WRITE_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(b))) => {
+                                len += b.len();
+                                batch.push(b);
+                            }
+                            Some(Some(Err(e))) => {
+                                broke = Some(e);
+                                break;
+                            }
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
                     }
+                    if total.is_some_and(|t| temp.len() + len as u64 > t) {
+                        return Err(FillError::new(
+                            FillErrorKind::Mismatch,
+                            format!("blob {digest}: source sent more than its declared length"),
+                        ));
+                    }
+                    let buf = if batch.len() == 1 {
+                        batch.swap_remove(0)
+                    } else {
+                        Bytes::from(batch.concat())
+                    };
+                    hasher.update(&buf);
+                    temp.write(&buf).await.map_err(|e| {
+                        FillError::new(FillErrorKind::Internal, format!("cache write: {e}"))
+                    })?;
+                    let n = temp.len();
+                    tx.send_modify(|p| p.written = n);
                 }
                 match (broke, total) {
                     (Some(e), _) => Some(e),

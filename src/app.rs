@@ -152,13 +152,21 @@ impl App {
         }
         let elapsed = start.elapsed();
         crate::metrics::request(&ctx, &method, &resp, elapsed);
+        let bytes = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         tracing::info!(
             target: "access",
             client = %ctx.peer.ip(),
+            // Access control is not there yet: every request is anonymous.
+            identity = "-",
             method = %method,
             route = ctx.route,
             repo = ctx.repo.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
+            bytes,
             cache = ctx.cache.as_str(),
             upstream = ctx.upstream.as_deref().unwrap_or("-"),
             duration_us = elapsed.as_micros() as u64,

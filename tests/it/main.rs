@@ -10,6 +10,7 @@ mod garbage;
 mod interop;
 mod lifecycle;
 mod limits;
+mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;

@@ -1,0 +1,131 @@
+//! No credential ever reaches a log line or `config show`: the real binary at debug
+//! level, in text and JSON, pulls through an upstream that demands basic auth, and also
+//! fails against one that refuses the credentials.
+
+use crate::support::fake_upstream::{base64, AuthMode, FakeUpstream};
+use crate::support::http::Http;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USER: &str = "ci-robot";
+const PASSWORD: &str = "pa55-Very-Secret-7f3a";
+
+struct Proc {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, config: &str, format: &str) -> (Proc, String) {
+    let cfg = dir.join(format!("{format}.toml"));
+    std::fs::write(&cfg, config).expect("config");
+    let log = dir.join(format!("{format}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_agent-registry"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join(format!("data-{format}")))
+        .env("UPSTREAM_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "debug")
+        .env("AGENT_REGISTRY_LOG_FORMAT", format)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let p = Proc { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = p.log();
+        if let Some(i) = text.find("listening on http://") {
+            let addr: String = text[i + "listening on http://".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            return (p, addr);
+        }
+        assert!(Instant::now() < deadline, "server did not start: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_logs_or_config_show() {
+    let good = FakeUpstream::start();
+    good.set(|s| s.auth = AuthMode::Basic(USER.into(), PASSWORD.into()));
+    let blob = good.add_blob("team/app", b"layer".to_vec());
+    let m = crate::support::http::image_manifest((&blob, 5), &[], None);
+    good.add_manifest(
+        "team/app",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        m,
+    );
+    // This one demands other credentials: ours are refused (an auth failure to log).
+    let bad = FakeUpstream::start();
+    bad.set(|s| s.auth = AuthMode::Basic("someone".into(), "else".into()));
+    let config = format!(
+        "[mirror]\ndefault_upstream = \"good.test\"\n\
+         [upstreams.\"good.test\"]\nurl = \"{}\"\nusername = \"{USER}\"\npassword = \"${{UPSTREAM_PASSWORD}}\"\n\
+         [upstreams.\"bad.test\"]\nurl = \"{}\"\nusername = \"{USER}\"\npassword = \"${{UPSTREAM_PASSWORD}}\"\n",
+        good.url(),
+        bad.url()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let forbidden = [PASSWORD.to_string(), base64(&format!("{USER}:{PASSWORD}"))];
+    for format in ["text", "json"] {
+        let (proc_, addr) = start(dir.path(), &config, format);
+        let http = Http::new(&addr);
+        let r = http.get("/v2/team/app/manifests/v1").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            http.get(&format!("/v2/team/app/blobs/{blob}")).await.status,
+            200
+        );
+        let r = http.get("/v2/bad.test/team/app/manifests/v1").await;
+        assert!(r.status.is_client_error() || r.status.is_server_error());
+        for s in &forbidden {
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains(s.as_str()),
+                "error body leaks"
+            );
+        }
+        drop(proc_);
+        let log = std::fs::read_to_string(dir.path().join(format!("{format}.log"))).expect("log");
+        assert!(log.contains("access"), "the access log was written: {log}");
+        for s in &forbidden {
+            assert!(
+                !log.contains(s.as_str()),
+                "{format} log contains a credential"
+            );
+        }
+    }
+    // config show redacts.
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-registry"))
+        .args(["config", "show", "--config"])
+        .arg(dir.path().join("text.toml"))
+        .env("UPSTREAM_PASSWORD", PASSWORD)
+        .output()
+        .expect("config show");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("<redacted>") && !shown.contains(PASSWORD),
+        "{shown}"
+    );
+}

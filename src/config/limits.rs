@@ -209,12 +209,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let env = |name: &str| {
-            env.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
-        Config::from_toml_str(text, "/x.toml", &env).map_err(|e| e.to_string())
+        super::super::tests::load_at(text, "/x.toml", env)
     }
 
     fn ip(s: &str) -> IpAddr {

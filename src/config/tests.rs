@@ -8,12 +8,17 @@ use toml::Value;
 mod upstreams;
 
 fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+    load_at(text, "/etc/ar.toml", env)
+}
+
+/// Parses `text` as the file `origin` with `env` as the whole environment; the error as text.
+pub(super) fn load_at(text: &str, origin: &str, env: &[(&str, &str)]) -> Result<Config, String> {
     let env = |name: &str| {
         env.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.to_string())
     };
-    Config::from_toml_str(text, "/etc/ar.toml", &env).map_err(|e| e.to_string())
+    Config::from_toml_str(text, origin, &env).map_err(|e| e.to_string())
 }
 
 /// `text` with `env` fails with exactly `expected`.

@@ -52,10 +52,6 @@ impl Mirror {
             fills: Arc::new(Fills::default()),
         })
     }
-
-    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.by_name.get(name)
-    }
 }
 
 /// Maps an upstream failure to the response side: the upstream's own 4xx is passed on

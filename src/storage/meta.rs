@@ -440,17 +440,6 @@ impl Meta {
         })
         .await
     }
-
-    /// Every digest the metadata refers to (manifests and repository links), for checks.
-    pub async fn all_digests(&self) -> Result<Vec<String>> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT digest FROM manifests UNION SELECT digest FROM repo_blobs")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<std::result::Result<Vec<String>, _>>()?)
-        })
-        .await
-    }
 }
 
 fn row_to_manifest(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {

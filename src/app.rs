@@ -1,8 +1,9 @@
 //! `App`: the configuration and the storage behind one `Arc`, and `App::handle`, which
 //! turns any request into a response and never fails.
 
+use crate::auth::{Auth, AuthError, Identity, RepoKind};
 use crate::cache::memory::MemoryTier;
-use crate::config::{Config, HostedWrites};
+use crate::config::{Action, Config, HostedWrites};
 use crate::error::{Error, Result};
 use crate::mirror::{self, Mirror, Proxy, Target};
 
@@ -11,7 +12,7 @@ const MEMORY_TIER_BYTES: u64 = 256 << 20;
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::body::{error_response, Body, BoxError, ReqBody};
 use crate::server::router::{self, Route};
-use crate::server::{blobs, health, listing, manifests, uploads};
+use crate::server::{admin, blobs, health, listing, manifests, token, uploads};
 use crate::storage::Storage;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -29,6 +30,8 @@ pub struct App {
     pub memory: MemoryTier,
     /// Per-client request rate limits (`[limits]`).
     pub limits: crate::server::limits::Limits,
+    /// Users, rules, tokens, the audit and access logs.
+    pub auth: Arc<Auth>,
     draining: AtomicBool,
 }
 
@@ -65,6 +68,8 @@ pub struct Ctx {
     pub cache: CacheStatus,
     pub upstream: Option<String>,
     pub ns: Option<String>,
+    /// The authenticated user; `None` when anonymous.
+    pub identity: Option<String>,
     /// Set by a handler that knows better than `cache` where the body came from (the
     /// memory tier); feeds `agent_registry_served_bytes_total{source}`.
     pub served_from: Option<crate::metrics::Source>,
@@ -77,6 +82,8 @@ pub enum StartError {
     Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl App {
@@ -85,14 +92,21 @@ impl App {
         let storage = Arc::new(Storage::open(&config.storage.data_dir)?);
         let mirror = Mirror::new(&config)?;
         let limits = crate::server::limits::Limits::new(&config.limits);
+        let auth = Auth::new(&config.auth, &config.storage.data_dir).map_err(StartError::Auth)?;
         Ok(Arc::new(App {
             config,
             storage,
             mirror,
             memory: MemoryTier::new(MEMORY_TIER_BYTES),
             limits,
+            auth: Arc::new(auth),
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// The configuration in effect (after any reload).
+    pub fn config_snapshot(&self) -> Config {
+        self.config.clone()
     }
 
     /// Marks the server as draining: `/readyz` answers 503 from now on.
@@ -122,6 +136,7 @@ impl App {
             cache: CacheStatus::Bypass,
             upstream: None,
             ns: None,
+            identity: None,
             served_from: None,
         };
         let head = method == Method::HEAD;
@@ -152,16 +167,16 @@ impl App {
         }
         let elapsed = start.elapsed();
         crate::metrics::request(&ctx, &method, &resp, elapsed);
-        let bytes = resp
+        let length = resp
             .headers()
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
+            .and_then(|v| v.to_str().ok());
+        let bytes = length.unwrap_or("-");
+        let identity = ctx.identity.as_deref().unwrap_or("-");
         tracing::info!(
             target: "access",
             client = %ctx.peer.ip(),
-            // Access control is not there yet: every request is anonymous.
-            identity = "-",
+            identity,
             method = %method,
             route = ctx.route,
             repo = ctx.repo.as_deref().unwrap_or("-"),
@@ -171,6 +186,18 @@ impl App {
             upstream = ctx.upstream.as_deref().unwrap_or("-"),
             duration_us = elapsed.as_micros() as u64,
         );
+        self.auth.log_access(crate::auth::store::AccessRecord {
+            ts_ms: crate::auth::store::now_ms(),
+            client: ctx.peer.ip().to_string(),
+            user: identity.to_string(),
+            method: method.to_string(),
+            route: ctx.route.to_string(),
+            repo: ctx.repo.take(),
+            status: resp.status().as_u16(),
+            bytes: length.and_then(|l| l.parse().ok()),
+            duration_us: elapsed.as_micros() as u64,
+            cache: ctx.cache.as_str().to_string(),
+        });
         resp
     }
 
@@ -181,19 +208,47 @@ impl App {
         ctx: &mut Ctx,
     ) -> Result<Response<Body>> {
         self.limits.check(&route, ctx.peer, req.headers())?;
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let id = match self.auth.authenticate(authorization, ctx.peer.ip()).await {
+            Ok(id) => id,
+            Err(e) => return Err(self.auth_error(e, req.headers())),
+        };
+        ctx.identity = id.user.clone();
         let m = req.method().clone();
         let name = match route.repo() {
             Some(n) => repo(n)?,
             None => {
                 return match route {
-                    Route::Base if m == Method::GET || m == Method::HEAD => Ok(health::base()),
+                    Route::Base if m == Method::GET || m == Method::HEAD => {
+                        // With users, anonymous clients are asked to log in here: Docker
+                        // and podman only send credentials after a challenge on /v2/.
+                        match id.is_anonymous() && self.auth.has_identities() {
+                            true => Err(self.challenge(req.headers(), None, false)),
+                            false => Ok(health::base()),
+                        }
+                    }
+                    Route::Token if m == Method::GET || m == Method::POST => {
+                        token::handle(self, id, req, ctx).await
+                    }
+                    Route::Admin(path) => {
+                        if path != "whoami" {
+                            self.require_admin(&id, &req, ctx)?;
+                        }
+                        admin::handle(self, &id, path, req, ctx).await
+                    }
                     Route::Healthz => Ok(health::healthz()),
                     Route::Readyz => Ok(health::readyz(self).await),
                     Route::Health => Ok(health::detailed(self).await),
                     Route::Metrics if m == Method::GET || m == Method::HEAD => {
                         Ok(health::metrics(self))
                     }
-                    Route::Catalog if m == Method::GET => listing::catalog(self, req.uri()).await,
+                    Route::Catalog if m == Method::GET => {
+                        let visible = |r: &str| self.may_read(&id, r);
+                        listing::catalog(self, req.uri(), &visible).await
+                    }
                     Route::NotFound => {
                         Err(Error::not_found(ErrorCode::Unsupported, "no such endpoint"))
                     }
@@ -221,18 +276,43 @@ impl App {
             }
             t => t,
         };
+        let action = match m {
+            Method::GET | Method::HEAD => Action::Pull,
+            Method::DELETE => Action::Delete,
+            _ => Action::Push,
+        };
         match target {
             Target::Hosted(name) => {
-                if write {
-                    self.check_write(ctx.peer)?;
+                let exists = self.storage.is_hosted(name.as_str());
+                let dev = self.loopback_dev(&id, ctx.peer);
+                let kind = RepoKind::Hosted { exists };
+                if !dev && !self.auth.allowed(&id, name.as_str(), kind, action) {
+                    return Err(self.deny(&id, name.as_str(), action, req.headers(), ctx));
                 }
-                let resp = self.hosted(route, &name, req).await?;
+                let mount_ok = match (&route, query_get(&q, "from")) {
+                    (Route::UploadStart(_), Some(from)) => dev || self.may_read(&id, from),
+                    // A mount without `from` takes the blob from any repository.
+                    (Route::UploadStart(_), None) => dev || self.auth.is_admin(&id),
+                    _ => false,
+                };
+                let resp = self.hosted(route, &name, req, mount_ok).await?;
                 if write && m != Method::DELETE && resp.status().is_success() {
                     self.storage.mark_hosted(name.as_str()).await?;
+                    if !exists {
+                        self.auth
+                            .remember_visibility(name.as_str())
+                            .map_err(|e| Error::Internal(e.to_string()))?;
+                    }
                 }
                 Ok(resp)
             }
             Target::Proxy(p) => {
+                if !self
+                    .auth
+                    .allowed(&id, name.as_str(), RepoKind::Mirrored, Action::Pull)
+                {
+                    return Err(self.deny(&id, name.as_str(), Action::Pull, req.headers(), ctx));
+                }
                 ctx.upstream = Some(p.upstream.name().to_string());
                 ctx.ns = p.ns.clone();
                 self.proxied(route, &name, &p, req, ctx).await
@@ -246,6 +326,7 @@ impl App {
         route: Route<'_>,
         name: &RepoName,
         req: Request<ReqBody>,
+        mount_ok: bool,
     ) -> Result<Response<Body>> {
         let m = req.method().clone();
         match route {
@@ -266,7 +347,9 @@ impl App {
                 Method::DELETE => blobs::delete(self, name, d).await,
                 _ => Err(unsupported(&m)),
             },
-            Route::UploadStart(_) if m == Method::POST => uploads::start(self, name, req).await,
+            Route::UploadStart(_) if m == Method::POST => {
+                uploads::start(self, name, req, mount_ok).await
+            }
             Route::Upload(_, id) => {
                 let id = uploads::parse_id(id)?;
                 match m {
@@ -308,18 +391,184 @@ impl App {
         }
     }
 
-    /// Until access control exists, writes are accepted only from loopback clients.
-    fn check_write(&self, peer: SocketAddr) -> Result<()> {
-        match self.config.server.hosted_writes {
-            HostedWrites::Any => Ok(()),
-            HostedWrites::Loopback if peer.ip().is_loopback() => Ok(()),
-            HostedWrites::Loopback => {
-                crate::metrics::auth_failure();
-                Err(Error::client(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorCode::Unauthorized,
-                    "writes are accepted only from loopback clients (server.hosted_writes = \"loopback\")",
-                ))
+    /// `server.hosted_writes = "loopback"`: an anonymous client on loopback may do
+    /// anything to hosted repositories (development and tests).
+    fn loopback_dev(&self, id: &Identity, peer: SocketAddr) -> bool {
+        self.config.server.hosted_writes == HostedWrites::Loopback
+            && id.is_anonymous()
+            && peer.ip().is_loopback()
+    }
+
+    /// How the rules see `name` for `action`, decided as `dispatch` routes it.
+    fn repo_kind(&self, name: &RepoName, action: Action) -> RepoKind {
+        let exists = self.storage.is_hosted(name.as_str());
+        match self.mirror.resolve(name, None, None) {
+            Ok(Target::Proxy(p))
+                if !(p.via_default
+                    && self.config.mirror.hosted_on_push
+                    && (action != Action::Pull || exists)) =>
+            {
+                RepoKind::Mirrored
+            }
+            _ => RepoKind::Hosted { exists },
+        }
+    }
+
+    /// Whether `id` may pull `repo` (filters listings, checks mounts).
+    pub fn may_read(&self, id: &Identity, repo: &str) -> bool {
+        match RepoName::parse(repo) {
+            Ok(name) => {
+                let kind = self.repo_kind(&name, Action::Pull);
+                self.auth.allowed(id, repo, kind, Action::Pull)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Of `wanted`, what `id` may do on `name` (the token endpoint's grants).
+    pub fn grantable(&self, id: &Identity, name: &RepoName, wanted: &[Action]) -> Vec<Action> {
+        wanted
+            .iter()
+            .copied()
+            .filter(|a| {
+                self.auth
+                    .allowed(id, name.as_str(), self.repo_kind(name, *a), *a)
+            })
+            .collect()
+    }
+
+    /// The admin API needs `admin` on `*` (or the loopback development mode).
+    fn require_admin(&self, id: &Identity, req: &Request<ReqBody>, ctx: &Ctx) -> Result<()> {
+        if self.loopback_dev(id, ctx.peer) || self.auth.is_admin(id) {
+            return Ok(());
+        }
+        let scope = "registry:*:*".to_string();
+        Err(self.deny_scoped(id, scope, Action::Admin, "admin API", req.headers(), ctx))
+    }
+
+    /// The refusal of a request `id` may not make. It never depends on whether the
+    /// repository exists: a private repository looks exactly like a missing one.
+    fn deny(
+        &self,
+        id: &Identity,
+        repo: &str,
+        action: Action,
+        headers: &http::HeaderMap,
+        ctx: &Ctx,
+    ) -> Error {
+        let actions = match action {
+            Action::Pull => "pull",
+            Action::Push => "pull,push",
+            Action::Delete => "delete",
+            Action::Admin => "*",
+        };
+        let scope = format!("repository:{repo}:{actions}");
+        self.deny_scoped(id, scope, action, repo, headers, ctx)
+    }
+
+    fn deny_scoped(
+        &self,
+        id: &Identity,
+        scope: String,
+        action: Action,
+        what: &str,
+        headers: &http::HeaderMap,
+        ctx: &Ctx,
+    ) -> Error {
+        crate::metrics::auth_denied(action);
+        let client = ctx.peer.ip().to_string();
+        let detail = format!("{} {what}", action.as_str());
+        self.auth.audit(
+            "denied",
+            id.user.as_deref(),
+            Some(&client),
+            ctx.repo.as_deref(),
+            Some(&detail),
+        );
+        match &id.method {
+            crate::auth::Method::Anonymous => self.challenge(headers, Some(scope), false),
+            crate::auth::Method::Jwt(_) => self.challenge(headers, Some(scope), true),
+            _ => Error::client(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                "requested access to the resource is denied",
+            ),
+        }
+    }
+
+    /// 401 with the token-flow challenge for `scope`.
+    fn challenge(
+        &self,
+        headers: &http::HeaderMap,
+        scope: Option<String>,
+        insufficient: bool,
+    ) -> Error {
+        let mut c = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm(headers),
+            self.auth.service()
+        );
+        if let Some(s) = scope {
+            c.push_str(&format!(",scope=\"{s}\""));
+        }
+        let message = match insufficient {
+            true => {
+                c.push_str(",error=\"insufficient_scope\"");
+                "insufficient scope: the token does not grant this access"
+            }
+            false => "authentication required",
+        };
+        Error::Unauthorized {
+            challenge: c,
+            message: message.into(),
+        }
+    }
+
+    /// The token endpoint's URL: `auth.realm`, or this server as the client reached it.
+    pub fn realm(&self, headers: &http::HeaderMap) -> String {
+        let configured = self.auth.realm();
+        if !configured.is_empty() {
+            return configured;
+        }
+        let scheme = match self.config.tls.enabled {
+            true => "https",
+            false => "http",
+        };
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| self.config.server.listen.to_string());
+        format!("{scheme}://{host}/token")
+    }
+
+    fn auth_error(&self, e: AuthError, headers: &http::HeaderMap) -> Error {
+        match e {
+            AuthError::Blocked { retry_after } => {
+                crate::metrics::auth_failure_reason("blocked");
+                Error::TooManyRequests {
+                    retry_after,
+                    message: e.to_string(),
+                }
+            }
+            AuthError::BadToken(_) => {
+                let mut err = self.challenge(headers, None, false);
+                if let Error::Unauthorized { challenge, message } = &mut err {
+                    challenge.push_str(",error=\"invalid_token\"");
+                    *message = e.to_string();
+                }
+                err
+            }
+            AuthError::BadCredentials { .. } | AuthError::Malformed => {
+                let mut err = self.challenge(headers, None, false);
+                if let Error::Unauthorized { message, .. } = &mut err {
+                    *message = e.to_string();
+                }
+                err
             }
         }
     }

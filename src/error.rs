@@ -21,6 +21,9 @@ pub enum Error {
         retry_after: std::time::Duration,
         message: String,
     },
+    /// 401 with a `WWW-Authenticate` challenge (the token flow's realm, service, scope).
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: String },
     /// Something in this server failed; details go to the log, not the client.
     #[error("internal: {0}")]
     Internal(String),
@@ -49,6 +52,7 @@ impl Error {
         match self {
             Error::Client { status, .. } => *status,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -49,6 +49,44 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Create, list and revoke API tokens (stored as hashes in the data directory).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Read a password from stdin and print its bcrypt hash for auth.users or htpasswd.
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for USER; it is printed once and never again.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The user the token acts as; it gets at most what the rules grant this user.
+        #[arg(long)]
+        user: String,
+        /// PATTERN:ACTIONS, e.g. 'agents/*:pull,push'. Repeatable.
+        #[arg(long = "scope", required = true, action = clap::ArgAction::Append)]
+        scopes: Vec<String>,
+        /// Lifetime such as 90d; without it the token does not expire.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by its id (tok_...).
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +189,13 @@ async fn serve(
         "agent-registry listening on {scheme}://{}",
         running.addr
     );
+    if !app.auth.has_identities() {
+        tracing::info!(
+            "no users or API tokens: serving as a pull-only mirror; add users under [auth] \
+             (agent-registry hash-password makes the bcrypt hash) or run \
+             agent-registry token create --user NAME --scope 'agents/*:pull,push'"
+        );
+    }
     systemd::notify("READY=1");
     tokio::select! {
         _ = shutdown_signal() => {},
@@ -162,6 +207,95 @@ async fn serve(
     );
     systemd::notify("STOPPING=1");
     running.stop().await;
+    Ok(())
+}
+
+fn token_store(config: &ConfigArg) -> anyhow::Result<agent_registry::auth::store::Store> {
+    let cfg = load(config)?;
+    let dir = &cfg.storage.data_dir;
+    agent_registry::auth::store::Store::open(dir)
+        .with_context(|| format!("opening the token store in {}", dir.display()))
+}
+
+fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    use agent_registry::auth::{policy::parse_scope, store};
+    match command {
+        TokenCommand::Create {
+            config,
+            user,
+            scopes,
+            expires,
+        } => {
+            for s in &scopes {
+                parse_scope(s).map_err(anyhow::Error::msg)?;
+            }
+            let expires = match expires {
+                Some(e) => {
+                    let d = agent_registry::config::parse_duration(&e)
+                        .map_err(|p| anyhow::anyhow!("--expires: {p}"))?;
+                    Some(store::now_secs() + d.as_secs())
+                }
+                None => None,
+            };
+            let st = token_store(&config)?;
+            let (token, info) = st.create_token(&user, &scopes.join(" "), expires)?;
+            eprintln!(
+                "created {} for {} ({}), expires {}; the token is shown only now:",
+                info.id,
+                info.user,
+                info.scopes,
+                info.expires.map_or("never".into(), store::rfc3339)
+            );
+            println!("{token}");
+            Ok(())
+        }
+        TokenCommand::List { config, user } => {
+            let st = token_store(&config)?;
+            println!(
+                "{:<18} {:<16} {:<10} {:<21} SCOPES",
+                "ID", "USER", "STATE", "EXPIRES"
+            );
+            let now = store::now_secs();
+            for t in st.tokens(user.as_deref())? {
+                let state = match (t.revoked, t.expires) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= now => "expired",
+                    _ => "active",
+                };
+                let exp = t.expires.map_or("never".into(), store::rfc3339);
+                println!(
+                    "{:<18} {:<16} {:<10} {:<21} {}",
+                    t.id, t.user, state, exp, t.scopes
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { config, id } => {
+            let st = token_store(&config)?;
+            match st.revoke_token(&id)? {
+                true => {
+                    println!("revoked {id} (running servers stop accepting it within 10s)");
+                    Ok(())
+                }
+                false => anyhow::bail!("no active token {id}"),
+            }
+        }
+    }
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\r', '\n']);
+    if pw.is_empty() {
+        anyhow::bail!("empty password on stdin");
+    }
+    println!(
+        "{}",
+        agent_registry::auth::hash_password(pw).map_err(anyhow::Error::msg)?
+    );
     Ok(())
 }
 
@@ -197,6 +331,8 @@ fn main() -> std::process::ExitCode {
         } => load(&config).map(|c| {
             print!("{}", c.to_toml_redacted());
         }),
+        Command::Token { command } => token_command(command),
+        Command::HashPassword => hash_password(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -36,6 +36,9 @@ pub const CACHE_ENTRIES: &str = "agent_registry_cache_entries";
 pub const CACHE_BYTES: &str = "agent_registry_cache_bytes";
 pub const RATE_LIMITED_TOTAL: &str = "agent_registry_rate_limited_total";
 pub const AUTH_FAILURES_TOTAL: &str = "agent_registry_auth_failures_total";
+pub const AUTH_DENIED_TOTAL: &str = "agent_registry_auth_denied_total";
+pub const TOKENS_ISSUED_TOTAL: &str = "agent_registry_tokens_issued_total";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "agent_registry_access_log_dropped_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -107,8 +110,14 @@ pub const ALL: &[Def] = &[
         "Bytes held by a cache tier"),
     def(RATE_LIMITED_TOTAL, C, Unit::Count, &[],
         "Requests refused by the rate limiter"),
-    def(AUTH_FAILURES_TOTAL, C, Unit::Count, &[],
-        "Requests refused for missing or wrong credentials (today: writes from non-loopback clients)"),
+    def(AUTH_FAILURES_TOTAL, C, Unit::Count, &["reason"],
+        "Failed authentications, by reason (bad_password, bad_token, blocked)"),
+    def(AUTH_DENIED_TOTAL, C, Unit::Count, &["action"],
+        "Authenticated or anonymous requests refused by the access rules, by action"),
+    def(TOKENS_ISSUED_TOTAL, C, Unit::Count, &[],
+        "Bearer tokens issued by /token"),
+    def(ACCESS_LOG_DROPPED_TOTAL, C, Unit::Count, &[],
+        "Access and audit records dropped because the log writer fell behind"),
 ];
 
 /// Histogram buckets for latencies: 0.5 ms to 30 s.
@@ -329,8 +338,21 @@ pub fn fill_joined() {
     counter!(FILL_WAITERS_TOTAL).increment(1);
 }
 
-pub fn auth_failure() {
-    counter!(AUTH_FAILURES_TOTAL).increment(1);
+/// A failed authentication; `reason` is one of a closed set.
+pub fn auth_failure_reason(reason: &'static str) {
+    counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn auth_denied(action: crate::config::Action) {
+    counter!(AUTH_DENIED_TOTAL, "action" => action.as_str()).increment(1);
+}
+
+pub fn token_issued() {
+    counter!(TOKENS_ISSUED_TOTAL).increment(1);
+}
+
+pub fn access_log_dropped() {
+    counter!(ACCESS_LOG_DROPPED_TOTAL).increment(1);
 }
 
 pub fn rate_limited() {

@@ -2,8 +2,8 @@
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use std::time::{Duration, Instant};
@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 pub struct Client {
     base: String,
     timeout: Duration,
+    /// The `Authorization` header value sent with every request.
+    authorization: Option<String>,
     inner: HyperClient<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Empty<Bytes>,
+        Full<Bytes>,
     >,
 }
 
@@ -47,6 +49,7 @@ impl Client {
         Ok(Client {
             base,
             timeout,
+            authorization: None,
             inner: HyperClient::builder(TokioExecutor::new()).build(https),
         })
     }
@@ -55,12 +58,37 @@ impl Client {
         &self.base
     }
 
+    /// Sends `authorization` (a whole header value) with every request.
+    pub fn with_authorization(mut self, authorization: Option<String>) -> Client {
+        self.authorization = authorization;
+        self
+    }
+
     /// GETs `path`; connection failures and timeouts become "failed to connect to registry".
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.request(Method::GET, path, None).await
+    }
+
+    /// Sends `method` to `path` with an optional JSON body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
         let url = format!("{}{}", self.base, path);
-        let req = Request::get(&url)
-            .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        if json.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .with_context(|| format!("invalid URL {url}"))?;
         let start = Instant::now();
         let fut = async {

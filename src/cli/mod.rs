@@ -1,5 +1,7 @@
 //! The `agent` client CLI: argument parsing and the commands, each a thin call over `Client`.
 
+pub mod admin;
+pub mod creds;
 pub mod http;
 
 use anyhow::{anyhow, bail};
@@ -44,6 +46,21 @@ pub enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Log in to a registry: check the credentials and keep them for later commands.
+    Login {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, short = 'u')]
+        username: String,
+        /// Read the password (or an API token) from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the credentials kept for a registry.
+    Logout {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,21 +79,83 @@ pub enum RegistryCommand {
         #[arg(long)]
         metric: Option<String>,
     },
+    /// Check the credentials in use and show who they are.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Grant and revoke access to repositories (admin).
+    Permission {
+        #[command(subcommand)]
+        command: admin::PermissionCommand,
+    },
+    /// Show or set a repository's visibility, public or private (admin).
+    Visibility {
+        /// Repository (a tag is ignored).
+        repo: String,
+        /// public or private; without it the current visibility is shown.
+        visibility: Option<String>,
+    },
+    /// Requests recorded by the registry (admin).
+    AccessLogs(admin::LogArgs),
+    /// Logins, failures, token and permission changes, denied requests (admin).
+    Audit(admin::LogArgs),
+    /// The registry's configuration (admin).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuthCommand {
+    /// Authenticate and print the identity (exit status 1 when the credentials fail).
+    Test,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration, secrets redacted.
+    Show,
 }
 
 /// Runs the parsed command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Registry { target, command } => {
-            let client = http::Client::new(&target.registry, target.timeout)?;
+            let auth = creds::authorization(&target.registry)?;
+            let client =
+                http::Client::new(&target.registry, target.timeout)?.with_authorization(auth);
             match command {
                 RegistryCommand::Ping => ping(&client, out).await,
                 RegistryCommand::Health { detailed } => health(&client, detailed, out).await,
                 RegistryCommand::Metrics { metric } => {
                     metrics(&client, metric.as_deref(), out).await
                 }
+                RegistryCommand::Auth {
+                    command: AuthCommand::Test,
+                } => admin::auth_test(&client, out).await,
+                RegistryCommand::Permission { command } => {
+                    admin::permission(&client, command, out).await
+                }
+                RegistryCommand::Visibility { repo, visibility } => {
+                    admin::visibility(&client, &repo, visibility.as_deref(), out).await
+                }
+                RegistryCommand::AccessLogs(args) => {
+                    admin::logs(&client, "access-logs", args, out).await
+                }
+                RegistryCommand::Audit(args) => admin::logs(&client, "audit", args, out).await,
+                RegistryCommand::Config {
+                    command: ConfigCommand::Show,
+                } => admin::config_show(&client, out).await,
             }
         }
+        Command::Login {
+            target,
+            username,
+            password_stdin,
+        } => creds::login(&target, &username, password_stdin, out).await,
+        Command::Logout { target } => creds::logout(&target.registry, out),
     }
 }
 

@@ -15,6 +15,10 @@ pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// get no derived environment overrides: `upstreams."docker.io"` has no variable name.
 pub(super) const NAMED_SECTIONS: [&str; 1] = ["upstreams"];
 
+/// Keys whose value is an array of tables (`[[auth.users]]`); their default is empty and
+/// the typed section checks each table's keys.
+const TABLE_ARRAYS: [&str; 2] = ["auth.users", "auth.rules"];
+
 /// Where each dotted key's value came from; keys not listed come from the embedded default.
 #[derive(Default)]
 pub(super) struct Origins(pub(super) BTreeMap<String, String>);
@@ -185,7 +189,7 @@ pub(super) fn merge(
                 key: path,
             });
         };
-        same_type(slot, &value).map_err(|problem| invalid(label, &path, problem))?;
+        same_type_at(&path, slot, &value).map_err(|problem| invalid(label, &path, problem))?;
         o.0.insert(path.clone(), label.to_string());
         match (slot, value) {
             (Value::Table(slot), Value::Table(value)) => merge(slot, value, &path, label, o)?,
@@ -193,6 +197,26 @@ pub(super) fn merge(
         }
     }
     Ok(())
+}
+
+/// [`same_type`], except that the keys of [`TABLE_ARRAYS`] hold arrays of tables.
+fn same_type_at(path: &str, default: &Value, value: &Value) -> Result<(), String> {
+    if !TABLE_ARRAYS.contains(&path) {
+        return same_type(default, value);
+    }
+    match value {
+        Value::Array(items) => match items.iter().position(|v| !v.is_table()) {
+            Some(i) => Err(format!(
+                "expected an array of tables, found {} at index {i}",
+                items[i].type_str()
+            )),
+            None => Ok(()),
+        },
+        v => Err(format!(
+            "expected an array of tables, found {}",
+            v.type_str()
+        )),
+    }
 }
 
 /// Checks that `value` has the type of the default (an integer may stand for a float).
@@ -240,7 +264,8 @@ pub(super) fn apply_env(
             let var = format!("AGENT_REGISTRY_{section}_{key}").to_uppercase();
             let Some(raw) = env(&var) else { continue };
             let (path, label) = (format!("{section}.{key}"), format!("environment {var}"));
-            let value = env_value(&raw, default_value).map_err(|e| invalid(&label, &path, e))?;
+            let value =
+                env_value(&raw, &path, default_value).map_err(|e| invalid(&label, &path, e))?;
             target.insert(key.clone(), value);
             let nested = format!("{path}.");
             o.0.retain(|k, _| !k.starts_with(&nested));
@@ -252,13 +277,13 @@ pub(super) fn apply_env(
 
 /// Converts an environment string to the type of the default: a string stays
 /// a string, anything else is parsed as a TOML value (`42`, `true`, `["a"]`).
-pub(super) fn env_value(raw: &str, default: &Value) -> Result<Value, String> {
+pub(super) fn env_value(raw: &str, path: &str, default: &Value) -> Result<Value, String> {
     if default.is_str() {
         return Ok(Value::String(raw.to_string()));
     }
     let parsed = format!("v = {raw}").parse::<Table>().ok();
     let value = parsed.and_then(|mut t| t.remove("v"));
     let value = value.ok_or_else(|| format!("invalid {} {raw:?}", default.type_str()))?;
-    same_type(default, &value)?;
+    same_type_at(path, default, &value)?;
     Ok(value)
 }

@@ -9,10 +9,11 @@
 //! keys are checked against `upstream::template` (see `upstream.rs`).
 //!
 //! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
-//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `upstream.rs`
+//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `auth.rs` (`[auth]`), `upstream.rs`
 //! (`[mirror]`, `[upstreams]`, `--upstream`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
+mod auth;
 mod checks;
 mod limits;
 mod merge;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Table;
 
+pub use auth::{check_bcrypt, Action, AuthConfig, RuleConfig, UserConfig, Visibility};
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use tls::{TlsConfig, TlsFileError};
@@ -57,6 +59,7 @@ pub struct Config {
     pub log: LogConfig,
     pub mirror: MirrorConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// `"embedded default"` or the path of the file it was loaded from.
@@ -84,9 +87,11 @@ pub struct ServerConfig {
 /// Who may push to and delete from hosted repositories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostedWrites {
-    /// Only clients on 127.0.0.0/8 and ::1.
+    /// An identity the `[auth]` rules allow to push or delete.
+    Auth,
+    /// As `Auth`, and anonymous clients on 127.0.0.0/8 and ::1 may do anything to hosted
+    /// repositories (development and tests).
     Loopback,
-    Any,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,12 +117,12 @@ pub enum LogFormat {
 }
 
 impl HostedWrites {
-    pub const ALL: [HostedWrites; 2] = [HostedWrites::Loopback, HostedWrites::Any];
+    pub const ALL: [HostedWrites; 2] = [HostedWrites::Auth, HostedWrites::Loopback];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            HostedWrites::Auth => "auth",
             HostedWrites::Loopback => "loopback",
-            HostedWrites::Any => "any",
         }
     }
 }
@@ -216,6 +221,7 @@ struct RawConfig {
     log: RawLog,
     mirror: RawMirror,
     limits: limits::RawLimits,
+    auth: auth::RawAuth,
     upstreams: BTreeMap<String, ShownUpstream>,
 }
 
@@ -302,7 +308,7 @@ impl Config {
         let server = ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5000)),
             max_manifest_size: 4 << 20,
-            hosted_writes: HostedWrites::Loopback,
+            hosted_writes: HostedWrites::Auth,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             max_header_size: 64 << 10,
@@ -344,6 +350,7 @@ impl Config {
             log,
             mirror,
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             origin: EMBEDDED.into(),
         }
@@ -376,6 +383,7 @@ impl Config {
             },
             mirror: upstream::show_mirror(&self.mirror),
             limits: limits::show_limits(&self.limits),
+            auth: auth::show_auth(&self.auth),
             upstreams: upstream::show_upstreams(&self.upstreams),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
@@ -439,6 +447,7 @@ impl Config {
         };
         let tls = tls::build_tls(o.section(&mut table, "tls")?, o)?;
         let limits = limits::build_limits(o.section(&mut table, "limits")?, o)?;
+        let auth = auth::build_auth(o.section(&mut table, "auth")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
@@ -450,6 +459,7 @@ impl Config {
             log,
             mirror,
             limits,
+            auth,
             upstreams,
             origin: origin.to_string(),
         })

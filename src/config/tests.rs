@@ -52,7 +52,7 @@ fn partial_file_merges_over_default() {
     assert_eq!(c.server.listen, SocketAddr::from(([127, 0, 0, 1], 6000)));
     assert_eq!(
         (c.server.max_manifest_size, c.server.hosted_writes),
-        (4 << 20, HostedWrites::Loopback)
+        (4 << 20, HostedWrites::Auth)
     );
     assert_eq!(
         (c.storage, c.origin.as_str()),
@@ -72,7 +72,7 @@ server = 1                             => key server: expected table, found inte
 server.max_manifest_size = "0"         => key server.max_manifest_size: must be greater than 0
 server.max_manifest_size = "65MiB"     => key server.max_manifest_size: "65MiB" is larger than the limit of 64MiB
 server.max_manifest_size = "10XB"      => key server.max_manifest_size: invalid size "10XB": unknown unit "XB" (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)
-server.hosted_writes = "all"           => key server.hosted_writes: invalid value "all": expected "loopback" or "any"
+server.hosted_writes = "all"           => key server.hosted_writes: invalid value "all": expected "auth" or "loopback"
 storage.upload_expiry = "24"           => key storage.upload_expiry: invalid duration "24": add a unit (ms, s, m, h, d, w)
 storage.upload_purge_interval = "0s"   => key storage.upload_purge_interval: must be greater than 0
 storage.data_dir = ""                  => key storage.data_dir: must not be empty
@@ -160,19 +160,22 @@ fn env_values_take_the_default_type() {
         ),
     ];
     for (raw, default, want) in ok {
-        assert_eq!(env_value(raw, &default), Ok(want), "{raw}");
+        assert_eq!(env_value(raw, "x.y", &default), Ok(want), "{raw}");
     }
-    assert_eq!(env_value("x", &int), Err(r#"invalid integer "x""#.into()));
     assert_eq!(
-        env_value("yes", &Value::Boolean(false)),
+        env_value("x", "x.y", &int),
+        Err(r#"invalid integer "x""#.into())
+    );
+    assert_eq!(
+        env_value("yes", "x.y", &Value::Boolean(false)),
         Err(r#"invalid boolean "yes""#.into())
     );
     assert_eq!(
-        env_value("3", &array),
+        env_value("3", "x.y", &array),
         Err("expected array, found integer".into())
     );
     assert_eq!(
-        env_value("[1]", &array),
+        env_value("[1]", "x.y", &array),
         Err("expected an array of strings, found integer 1 at index 0".into())
     );
 }

@@ -95,6 +95,10 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
             StatusCode::TOO_MANY_REQUESTS,
             error_body(crate::oci::ErrorCode::Toomanyrequests, message),
         ),
+        Error::Unauthorized { message, .. } => (
+            StatusCode::UNAUTHORIZED,
+            error_body(crate::oci::ErrorCode::Unauthorized, message),
+        ),
         Error::Internal(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             error_body(crate::oci::ErrorCode::Unknown, "internal server error"),
@@ -108,11 +112,18 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
         r.headers_mut()
             .insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
     }
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"agent-registry\""),
-        );
+    match e {
+        Error::Unauthorized { challenge, .. } => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, hv(challenge));
+        }
+        _ if status == StatusCode::UNAUTHORIZED => {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"agent-registry\""),
+            );
+        }
+        _ => {}
     }
     r
 }

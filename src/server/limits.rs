@@ -58,9 +58,12 @@ impl Class {
     /// `/v2/` version check, unknown paths.
     pub fn of(route: &Route<'_>) -> Option<Class> {
         match route {
-            Route::Manifest(..) | Route::Tags(_) | Route::Referrers(..) | Route::Catalog => {
-                Some(Class::Manifests)
-            }
+            Route::Manifest(..)
+            | Route::Tags(_)
+            | Route::Referrers(..)
+            | Route::Catalog
+            | Route::Token
+            | Route::Admin(_) => Some(Class::Manifests),
             Route::Blob(..) | Route::UploadStart(_) | Route::Upload(..) => Some(Class::Blobs),
             Route::Base
             | Route::Healthz

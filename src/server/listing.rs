@@ -72,16 +72,23 @@ pub async fn tags(app: &Arc<App>, name: &RepoName, uri: &Uri) -> Result<Response
 }
 
 /// Hosted repositories and the mirrored ones we hold tags of (`<upstream>/<repo>`).
-pub async fn catalog(app: &Arc<App>, uri: &Uri) -> Result<Response<Body>> {
+/// The repositories `visible` lets the client see (those it may pull).
+pub async fn catalog(
+    app: &Arc<App>,
+    uri: &Uri,
+    visible: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Response<Body>> {
     let (n, last) = page(uri)?;
     let meta = &app.storage.meta;
-    let mut repos = meta.repositories(last.clone(), fetch_count(n)).await?;
+    // Filtering after a page was read would shorten it: read all names past `last`.
+    let mut repos = meta.repositories(last.clone(), u64::MAX).await?;
     repos.extend(
         meta.mirror_repositories()
             .await?
             .into_iter()
             .filter(|r| last.as_ref().is_none_or(|l| r > l)),
     );
+    repos.retain(|r| visible(r));
     repos.sort();
     repos.dedup();
     Ok(paginate(

@@ -5,6 +5,7 @@
 //! applied here, idle tracking lives in `idle.rs`, the systemd notify protocol in
 //! `systemd.rs`. One file per resource next to this one.
 
+pub mod admin;
 pub mod blobs;
 pub mod body;
 pub mod health;
@@ -15,6 +16,7 @@ pub mod manifests;
 pub mod router;
 pub mod systemd;
 pub mod tls;
+pub mod token;
 pub mod uploads;
 
 use crate::app::App;
@@ -49,6 +51,7 @@ pub async fn serve(
         cfg.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let purge = tokio::spawn(purge_uploads(app.clone()));
+    app.auth.spawn_log_writer();
     let reload = tls.clone().map(|t| tokio::spawn(t.watch_files()));
     let mut watchdog = systemd::watchdog_interval()
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));

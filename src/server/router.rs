@@ -19,6 +19,10 @@ pub enum Route<'a> {
     Readyz,
     Health,
     Metrics,
+    /// The token endpoint of the registry token flow.
+    Token,
+    /// `/admin/<rest>`.
+    Admin(&'a str),
     NotFound,
 }
 
@@ -35,6 +39,8 @@ impl Route<'_> {
             Route::Referrers(..) => "referrers",
             Route::Healthz | Route::Readyz | Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Token => "token",
+            Route::Admin(_) => "admin",
             Route::NotFound => "not_found",
         }
     }
@@ -61,7 +67,11 @@ pub fn parse(path: &str) -> Route<'_> {
         "/readyz" => return Route::Readyz,
         "/health" => return Route::Health,
         "/metrics" => return Route::Metrics,
+        "/token" => return Route::Token,
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/admin/") {
+        return Route::Admin(rest);
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
         return Route::NotFound;
@@ -106,6 +116,9 @@ mod tests {
         check("/v2", Route::Base);
         check("/v2/_catalog", Route::Catalog);
         check("/metrics", Route::Metrics);
+        check("/token", Route::Token);
+        check("/admin/config", Route::Admin("config"));
+        check("/admin", Route::NotFound);
         check("/v2/a/b/c/tags/list", Route::Tags("a/b/c"));
         check("/v2/a/manifests/latest", Route::Manifest("a", "latest"));
         check(

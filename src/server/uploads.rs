@@ -87,10 +87,12 @@ pub async fn start(
     app: &Arc<App>,
     name: &RepoName,
     req: Request<ReqBody>,
+    mount_allowed: bool,
 ) -> Result<Response<Body>> {
     let q = query(req.uri());
     let storage = &app.storage;
-    if let Some(m) = query_get(&q, "mount") {
+    // A mount the client may not make starts a plain upload, as the spec allows.
+    if let Some(m) = query_get(&q, "mount").filter(|_| mount_allowed) {
         if let Ok(digest) = m.parse::<crate::oci::Digest>() {
             let d = digest.to_string();
             let source = match query_get(&q, "from").map(RepoName::parse) {

@@ -28,6 +28,7 @@ impl Server {
             .args(["serve", "--listen", &addr, "--data-dir"])
             .arg(data)
             .env("RUST_LOG", "warn")
+            .env("AGENT_REGISTRY_SERVER_HOSTED_WRITES", "loopback")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -32,6 +32,7 @@ impl Proc {
             .arg(dir.path().join("data"))
             .env("AGENT_REGISTRY_MIRROR_DEFAULT_UPSTREAM", "")
             .env("RUST_LOG", "info")
+            .env("AGENT_REGISTRY_SERVER_HOSTED_WRITES", "loopback")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")

@@ -236,7 +236,7 @@ async fn detailed_health_probes_upstreams_once_per_interval() {
 }
 
 #[tokio::test]
-async fn a_refused_write_counts_as_an_auth_failure() {
+async fn a_refused_write_counts_as_denied() {
     let srv = TestServer::start();
     let http = Http::new(&srv.host());
     let before = scrape(&http).await;
@@ -250,7 +250,8 @@ async fn a_refused_write_counts_as_an_auth_failure() {
     let resp = srv.app.handle(req, peer).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let after = scrape(&http).await;
-    assert!(delta(&before, &after, "agent_registry_auth_failures_total", &[]) >= 1.0);
+    let push = [("action", "push")];
+    assert!(delta(&before, &after, "agent_registry_auth_denied_total", &push) >= 1.0);
 }
 
 #[test]

@@ -44,6 +44,7 @@ impl TestServer {
     pub fn restart_on_with(dir: tempfile::TempDir, f: impl FnOnce(&mut Config)) -> TestServer {
         let mut cfg = Config::embedded_default();
         cfg.mirror.default_upstream = None;
+        cfg.server.hosted_writes = HostedWrites::Loopback;
         cfg.server.listen = "127.0.0.1:0".parse().expect("addr");
         cfg.storage.data_dir = dir.path().join("data");
         f(&mut cfg);

@@ -1,0 +1,515 @@
+//! `<data_dir>/auth.db` (SQLite, WAL): API tokens (hashes only), permissions and
+//! visibility set at run time, the audit log and the rolling access log. Kept apart from
+//! the image metadata so the access log's writes never queue behind a push.
+
+use super::policy::{Actions, Grant, Subject};
+use crate::config::Visibility;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::Digest;
+use std::path::Path;
+use std::sync::Mutex;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY, user TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, scopes TEXT NOT NULL,
+    created INTEGER NOT NULL, expires INTEGER, revoked INTEGER
+);
+CREATE TABLE IF NOT EXISTS permissions (
+    repo TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, actions TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (repo, kind, subject)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS visibility (
+    repo TEXT PRIMARY KEY, visibility TEXT NOT NULL, updated INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, event TEXT NOT NULL, user TEXT,
+    client TEXT, repo TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
+CREATE TABLE IF NOT EXISTS access (
+    id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, client TEXT NOT NULL, user TEXT NOT NULL,
+    method TEXT NOT NULL, route TEXT NOT NULL, repo TEXT, status INTEGER NOT NULL,
+    bytes INTEGER, duration_us INTEGER NOT NULL, cache TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_ts ON access(ts_ms);
+CREATE INDEX IF NOT EXISTS access_user_ts ON access(user, ts_ms);
+"#;
+
+#[derive(Debug, thiserror::Error)]
+#[error("auth store: {0}")]
+pub struct StoreError(pub String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// An API token as stored: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: String,
+    /// `pattern:actions`, space separated.
+    pub scopes: String,
+    pub created: u64,
+    pub expires: Option<u64>,
+    pub revoked: Option<u64>,
+}
+
+/// One request in the access log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRecord {
+    pub ts_ms: u64,
+    pub client: String,
+    /// The user, or `-` for anonymous requests.
+    pub user: String,
+    pub method: String,
+    pub route: String,
+    pub repo: Option<String>,
+    pub status: u16,
+    pub bytes: Option<u64>,
+    pub duration_us: u64,
+    pub cache: String,
+}
+
+/// One audit event: a login, a failure, a token or permission change, a denied request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    pub ts_ms: u64,
+    pub event: String,
+    pub user: Option<String>,
+    pub client: Option<String>,
+    pub repo: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-29T06:00:00Z` for seconds since the epoch (UTC, proleptic Gregorian).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The stored form of an API token: its sha256, hex.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError(format!("{}: {e}", data_dir.display())))?;
+        let conn = Connection::open(data_dir.join("auth.db"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // API tokens.
+
+    /// Makes a token for `user` and returns it (the only time it is visible) with its record.
+    pub fn create_token(
+        &self,
+        user: &str,
+        scopes: &str,
+        expires: Option<u64>,
+    ) -> Result<(String, TokenInfo)> {
+        let mut secret = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret);
+        let token = format!("{}{}", super::API_TOKEN_PREFIX, hex::encode(secret));
+        let id = format!("tok_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let info = TokenInfo {
+            id: id.clone(),
+            user: user.to_string(),
+            scopes: scopes.to_string(),
+            created: now_secs(),
+            expires,
+            revoked: None,
+        };
+        self.conn().execute(
+            "INSERT INTO api_tokens (id, user, hash, scopes, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, user, token_hash(&token), scopes, info.created as i64, expires.map(|e| e as i64)],
+        )?;
+        Ok((token, info))
+    }
+
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, user, scopes, created, expires, revoked FROM api_tokens WHERE hash = ?1",
+                [hash],
+                token_row,
+            )
+            .optional()?)
+    }
+
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, user, scopes, created, expires, revoked FROM api_tokens
+             WHERE (?1 IS NULL OR user = ?1) ORDER BY created, id",
+        )?;
+        let rows = st.query_map([user], token_row)?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Marks a token revoked; `false` when there is no such token.
+    pub fn revoke_token(&self, id: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE api_tokens SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+            params![id, now_secs() as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Tokens that can still be used.
+    pub fn live_token_count(&self) -> Result<u64> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM api_tokens WHERE revoked IS NULL AND (expires IS NULL OR expires > ?1)",
+            [now_secs() as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    // Permissions and visibility.
+
+    pub fn permissions(&self) -> Result<Vec<Grant>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT repo, kind, subject, actions FROM permissions ORDER BY repo, kind, subject",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pattern, kind, name, actions) = row?;
+            let subject = match kind.as_str() {
+                "group" => Subject::Group(name),
+                _ => Subject::User(name),
+            };
+            // A row this version cannot read grants nothing.
+            let actions = Actions::parse(&actions).unwrap_or(Actions::NONE);
+            out.push(Grant {
+                pattern,
+                subject,
+                actions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds `actions` to what `subject` has on `repo`; returns the new set.
+    pub fn add_permission(
+        &self,
+        repo: &str,
+        subject: &Subject,
+        actions: Actions,
+    ) -> Result<Actions> {
+        let conn = self.conn();
+        let old: Option<String> = conn
+            .query_row(
+                "SELECT actions FROM permissions WHERE repo = ?1 AND kind = ?2 AND subject = ?3",
+                params![repo, subject.kind(), subject.name()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let old = old
+            .and_then(|a| Actions::parse(&a).ok())
+            .unwrap_or(Actions::NONE);
+        let new = old.union(actions);
+        conn.execute(
+            "INSERT INTO permissions (repo, kind, subject, actions, created) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (repo, kind, subject) DO UPDATE SET actions = excluded.actions",
+            params![repo, subject.kind(), subject.name(), new.names().join(","), now_secs() as i64],
+        )?;
+        Ok(new)
+    }
+
+    /// Takes `actions` (all when `None`) away; returns whether anything was there.
+    pub fn remove_permission(
+        &self,
+        repo: &str,
+        subject: &Subject,
+        actions: Option<Actions>,
+    ) -> Result<bool> {
+        let conn = self.conn();
+        let key = params![repo, subject.kind(), subject.name()];
+        let old: Option<String> = conn
+            .query_row(
+                "SELECT actions FROM permissions WHERE repo = ?1 AND kind = ?2 AND subject = ?3",
+                key,
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(old) = old.and_then(|a| Actions::parse(&a).ok()) else {
+            return Ok(false);
+        };
+        let left = match actions {
+            None => Actions::NONE,
+            Some(drop) => old.without(drop),
+        };
+        if left.is_empty() {
+            conn.execute(
+                "DELETE FROM permissions WHERE repo = ?1 AND kind = ?2 AND subject = ?3",
+                key,
+            )?;
+        } else {
+            conn.execute(
+                "UPDATE permissions SET actions = ?4 WHERE repo = ?1 AND kind = ?2 AND subject = ?3",
+                params![repo, subject.kind(), subject.name(), left.names().join(",")],
+            )?;
+        }
+        Ok(true)
+    }
+
+    pub fn visibilities(&self) -> Result<Vec<(String, Visibility)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT repo, visibility FROM visibility")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (repo, v) = row?;
+            out.push((repo, Visibility::parse(&v).unwrap_or(Visibility::Private)));
+        }
+        Ok(out)
+    }
+
+    pub fn set_visibility(&self, repo: &str, v: Visibility) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO visibility (repo, visibility, updated) VALUES (?1, ?2, ?3)
+             ON CONFLICT (repo) DO UPDATE SET visibility = excluded.visibility, updated = excluded.updated",
+            params![repo, v.as_str(), now_secs() as i64],
+        )?;
+        Ok(())
+    }
+
+    // Logs.
+
+    /// Writes a batch of records in one transaction.
+    pub fn append(&self, access: &[AccessRecord], audit: &[AuditRecord]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO access (ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for a in access {
+                st.execute(params![
+                    a.ts_ms as i64,
+                    a.client,
+                    a.user,
+                    a.method,
+                    a.route,
+                    a.repo,
+                    a.status,
+                    a.bytes.map(|b| b as i64),
+                    a.duration_us as i64,
+                    a.cache
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO audit (ts_ms, event, user, client, repo, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for a in audit {
+                st.execute(params![
+                    a.ts_ms as i64,
+                    a.event,
+                    a.user,
+                    a.client,
+                    a.repo,
+                    a.detail
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Requests since `since_ms`, oldest first, at most `limit`; `user` `-` is anonymous.
+    pub fn access_log(
+        &self,
+        user: Option<&str>,
+        since_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<AccessRecord>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache FROM access
+             WHERE ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY ts_ms DESC, id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![since_ms as i64, user, limit], |r| {
+            Ok(AccessRecord {
+                ts_ms: r.get::<_, i64>(0)? as u64,
+                client: r.get(1)?,
+                user: r.get(2)?,
+                method: r.get(3)?,
+                route: r.get(4)?,
+                repo: r.get(5)?,
+                status: r.get(6)?,
+                bytes: r.get::<_, Option<i64>>(7)?.map(|b| b as u64),
+                duration_us: r.get::<_, i64>(8)? as u64,
+                cache: r.get(9)?,
+            })
+        })?;
+        let mut out: Vec<AccessRecord> = rows.collect::<std::result::Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn audit_log(
+        &self,
+        user: Option<&str>,
+        since_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT ts_ms, event, user, client, repo, detail FROM audit
+             WHERE ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY ts_ms DESC, id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![since_ms as i64, user, limit], |r| {
+            Ok(AuditRecord {
+                ts_ms: r.get::<_, i64>(0)? as u64,
+                event: r.get(1)?,
+                user: r.get(2)?,
+                client: r.get(3)?,
+                repo: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?;
+        let mut out: Vec<AuditRecord> = rows.collect::<std::result::Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Drops access records older than `before_ms`; returns how many.
+    pub fn prune_access(&self, before_ms: u64) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM access WHERE ts_ms < ?1", [before_ms as i64])?)
+    }
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: r.get(0)?,
+        user: r.get(1)?,
+        scopes: r.get(2)?,
+        created: r.get::<_, i64>(3)? as u64,
+        expires: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        revoked: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_000_000), "2026-11-30T00:53:20Z");
+    }
+
+    #[test]
+    fn tokens_are_stored_as_hashes_and_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (token, info) = s.create_token("ci", "agents/*:pull,push", None).unwrap();
+        assert!(token.starts_with(super::super::API_TOKEN_PREFIX));
+        let db = std::fs::read(dir.path().join("auth.db")).unwrap_or_default();
+        let wal = std::fs::read(dir.path().join("auth.db-wal")).unwrap_or_default();
+        let hay = [db, wal].concat();
+        assert!(!hay.windows(token.len()).any(|w| w == token.as_bytes()));
+        assert_eq!(
+            s.token_by_hash(&token_hash(&token)).unwrap(),
+            Some(info.clone())
+        );
+        assert_eq!(s.live_token_count().unwrap(), 1);
+        assert!(s.revoke_token(&info.id).unwrap());
+        assert!(!s.revoke_token(&info.id).unwrap());
+        assert_eq!(s.live_token_count().unwrap(), 0);
+        assert!(s
+            .token_by_hash(&token_hash(&token))
+            .unwrap()
+            .unwrap()
+            .revoked
+            .is_some());
+    }
+
+    #[test]
+    fn permissions_merge_and_shrink() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let john = Subject::User("john".into());
+        s.add_permission("my-agent", &john, Actions::parse("pull").unwrap())
+            .unwrap();
+        let all = s
+            .add_permission("my-agent", &john, Actions::parse("push").unwrap())
+            .unwrap();
+        assert_eq!(all.names(), ["pull", "push"]);
+        assert!(s
+            .remove_permission("my-agent", &john, Some(Actions::parse("push").unwrap()))
+            .unwrap());
+        assert_eq!(s.permissions().unwrap()[0].actions.names(), ["pull"]);
+        assert!(s.remove_permission("my-agent", &john, None).unwrap());
+        assert!(s.permissions().unwrap().is_empty());
+        assert!(!s.remove_permission("my-agent", &john, None).unwrap());
+    }
+}

@@ -1,0 +1,304 @@
+//! `agent registry auth|permission|visibility|access-logs|audit|config`: the admin API.
+
+use super::http::{Client, Reply};
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{json, Value};
+use std::io::Write;
+
+#[derive(Subcommand)]
+pub enum PermissionCommand {
+    /// Grant USER or GROUP a permission on a repository (pattern with * allowed).
+    Add {
+        /// Repository or pattern (a tag such as :latest is ignored).
+        repo: String,
+        #[command(flatten)]
+        who: Who,
+        /// read (pull), write (push), delete or admin; repeatable or comma-separated.
+        #[arg(long = "permission", short = 'p', required = true, action = clap::ArgAction::Append)]
+        permissions: Vec<String>,
+    },
+    /// Take a permission (all of them without --permission) away.
+    Remove {
+        repo: String,
+        #[command(flatten)]
+        who: Who,
+        #[arg(long = "permission", short = 'p', action = clap::ArgAction::Append)]
+        permissions: Vec<String>,
+    },
+    /// List the rules from config and the permissions granted at run time.
+    List {
+        /// Only those that apply to this repository.
+        repo: Option<String>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct Who {
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Args)]
+pub struct LogArgs {
+    /// Only this user (`-` for anonymous requests).
+    #[arg(long)]
+    user: Option<String>,
+    /// How far back, e.g. 1h, 24h, 7d.
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// At most this many entries (the newest).
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The reply's JSON, or a one-line error from its status and OCI error body.
+fn ok_json(r: &Reply, what: &str) -> anyhow::Result<Value> {
+    if r.status.is_success() {
+        return serde_json::from_slice(&r.body)
+            .map_err(|e| anyhow!("{what}: the registry's answer is not JSON: {e}"));
+    }
+    let msg = serde_json::from_slice::<Value>(&r.body)
+        .ok()
+        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    match r.status.as_u16() {
+        401 => bail!(
+            "{what}: authentication failed (log in with `agent login` or set AGENT_REGISTRY_TOKEN)"
+        ),
+        403 => bail!("{what}: permission denied: this needs admin on the registry"),
+        429 => bail!("{what}: rate limit exceeded"),
+        s => bail!("{what}: HTTP {s}: {msg}"),
+    }
+}
+
+fn body(v: &Value) -> Option<Vec<u8>> {
+    serde_json::to_vec(v).ok()
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub async fn auth_test(c: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
+    let v = ok_json(&c.get("/admin/whoami").await?, "auth test")?;
+    match v["user"].as_str() {
+        Some(u) => {
+            let groups: Vec<&str> = v["groups"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let admin = if v["admin"].as_bool() == Some(true) {
+                ", admin"
+            } else {
+                ""
+            };
+            let groups = match groups.is_empty() {
+                true => "-".to_string(),
+                false => groups.join(","),
+            };
+            writeln!(
+                out,
+                "authenticated as {u} at {} (groups: {groups}{admin})",
+                c.base()
+            )?;
+        }
+        None => writeln!(out, "anonymous at {}: no credentials in use", c.base())?,
+    }
+    Ok(())
+}
+
+pub async fn permission(
+    c: &Client,
+    cmd: PermissionCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let subject = |w: &Who| match (&w.user, &w.group) {
+        (Some(u), _) => json!({ "user": u }),
+        (_, Some(g)) => json!({ "group": g }),
+        _ => json!({}),
+    };
+    let split = |p: &[String]| -> Vec<String> {
+        p.iter()
+            .flat_map(|x| x.split(','))
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
+    match cmd {
+        PermissionCommand::Add {
+            repo,
+            who,
+            permissions,
+        } => {
+            let mut b = subject(&who);
+            b["repo"] = json!(repo);
+            b["actions"] = json!(split(&permissions));
+            let v = ok_json(
+                &c.request(Method::POST, "/admin/permissions", body(&b))
+                    .await?,
+                "permission add",
+            )?;
+            writeln!(
+                out,
+                "{}: {} {} may now {}",
+                v["repo"].as_str().unwrap_or(""),
+                if who.user.is_some() { "user" } else { "group" },
+                who.user.or(who.group).unwrap_or_default(),
+                names(&v["actions"])
+            )?;
+        }
+        PermissionCommand::Remove {
+            repo,
+            who,
+            permissions,
+        } => {
+            let mut b = subject(&who);
+            b["repo"] = json!(repo);
+            b["actions"] = json!(split(&permissions));
+            ok_json(
+                &c.request(Method::DELETE, "/admin/permissions", body(&b))
+                    .await?,
+                "permission remove",
+            )?;
+            writeln!(out, "removed")?;
+        }
+        PermissionCommand::List { repo } => {
+            let path = match &repo {
+                Some(r) => format!("/admin/permissions?repo={}", enc(r)),
+                None => "/admin/permissions".into(),
+            };
+            let v = ok_json(&c.get(&path).await?, "permission list")?;
+            writeln!(
+                out,
+                "{:<32} {:<22} {:<28} SOURCE",
+                "REPOSITORY", "SUBJECT", "PERMISSIONS"
+            )?;
+            for p in v["permissions"].as_array().into_iter().flatten() {
+                let subject = match (p["user"].as_str(), p["group"].as_str()) {
+                    (Some(u), _) => format!("user {u}"),
+                    (_, Some(g)) => format!("group {g}"),
+                    _ => "-".into(),
+                };
+                writeln!(
+                    out,
+                    "{:<32} {:<22} {:<28} {}",
+                    p["repo"].as_str().unwrap_or(""),
+                    subject,
+                    names(&p["actions"]),
+                    p["source"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn names(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+pub async fn visibility(
+    c: &Client,
+    repo: &str,
+    set: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let path = format!("/admin/visibility?repo={}", enc(repo));
+    let r = match set {
+        Some(v) => {
+            c.request(Method::PUT, &path, body(&json!({ "visibility": v })))
+                .await?
+        }
+        None => c.get(&path).await?,
+    };
+    let v = ok_json(&r, "visibility")?;
+    writeln!(
+        out,
+        "{}: {}",
+        v["repo"].as_str().unwrap_or(repo),
+        v["visibility"].as_str().unwrap_or("?")
+    )?;
+    Ok(())
+}
+
+pub async fn logs(c: &Client, kind: &str, a: LogArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut path = format!("/admin/{kind}?since={}&limit={}", enc(&a.since), a.limit);
+    if let Some(u) = &a.user {
+        path.push_str(&format!("&user={}", enc(u)));
+    }
+    let v = ok_json(&c.get(&path).await?, kind)?;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let time = |r: &Value| crate::auth::store::rfc3339(r["ts_ms"].as_u64().unwrap_or(0) / 1000);
+    let s = |r: &Value, k: &str| r[k].as_str().unwrap_or("-").to_string();
+    if kind == "audit" {
+        writeln!(
+            out,
+            "{:<20} {:<20} {:<12} {:<16} {:<24} DETAIL",
+            "TIME", "EVENT", "USER", "CLIENT", "REPOSITORY"
+        )?;
+        for r in v["events"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "{:<20} {:<20} {:<12} {:<16} {:<24} {}",
+                time(r),
+                s(r, "event"),
+                s(r, "user"),
+                s(r, "client"),
+                s(r, "repo"),
+                s(r, "detail")
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{:<20} {:<12} {:<16} {:<7} {:<9} {:<32} {:>6} {:>12} {:>9} CACHE",
+            "TIME", "USER", "CLIENT", "METHOD", "ROUTE", "REPOSITORY", "STATUS", "BYTES", "MS"
+        )?;
+        for r in v["requests"].as_array().into_iter().flatten() {
+            let bytes = r["bytes"].as_u64().map_or("-".into(), |b| b.to_string());
+            let ms = r["duration_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+            writeln!(
+                out,
+                "{:<20} {:<12} {:<16} {:<7} {:<9} {:<32} {:>6} {:>12} {:>9.1} {}",
+                time(r),
+                s(r, "user"),
+                s(r, "client"),
+                s(r, "method"),
+                s(r, "route"),
+                s(r, "repo"),
+                r["status"].as_u64().unwrap_or(0),
+                bytes,
+                ms,
+                s(r, "cache")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn config_show(c: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
+    let r = c.get("/admin/config").await?;
+    if !r.status.is_success() {
+        ok_json(&r, "config show")?;
+    }
+    write!(out, "{}", String::from_utf8_lossy(&r.body))?;
+    Ok(())
+}

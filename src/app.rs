@@ -276,9 +276,11 @@ impl App {
             }
             t => t,
         };
-        let action = match m {
-            Method::GET | Method::HEAD => Action::Pull,
-            Method::DELETE => Action::Delete,
+        let action = match (&route, &m) {
+            // Upload sessions are part of a push, whatever the method.
+            (Route::UploadStart(_) | Route::Upload(..), _) => Action::Push,
+            (_, &Method::GET | &Method::HEAD) => Action::Pull,
+            (_, &Method::DELETE) => Action::Delete,
             _ => Action::Push,
         };
         match target {

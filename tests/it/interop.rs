@@ -13,7 +13,7 @@ use crate::support::image::{self, ImageInfo};
 use crate::support::server::TestServer;
 use crate::support::tools::{self, run};
 
-fn skopeo() -> Command {
+pub(crate) fn skopeo() -> Command {
     let mut cmd = tools::command("skopeo");
     // Do not depend on the host's /etc/containers/policy.json.
     cmd.arg("--insecure-policy");
@@ -21,7 +21,7 @@ fn skopeo() -> Command {
 }
 
 /// `skopeo copy [extra] oci:LAYOUT:TAG docker://DEST`.
-fn push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
+pub(crate) fn push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
     run(skopeo()
         .args(["copy", "--dest-tls-verify=false"])
         .args(extra)
@@ -30,7 +30,7 @@ fn push(layout: &Path, tag: &str, dest: &str, extra: &[&str]) {
 }
 
 /// `skopeo copy [extra] docker://SRC DEST` where DEST is a transport reference (`oci:..`, `dir:..`).
-fn pull(src: &str, dest: &str, extra: &[&str]) {
+pub(crate) fn pull(src: &str, dest: &str, extra: &[&str]) {
     run(skopeo()
         .args(["copy", "--src-tls-verify=false"])
         .args(extra)
@@ -55,7 +55,7 @@ fn inspect(reference: &str, arch: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("skopeo inspect json")
 }
 
-fn parse(bytes: &[u8]) -> Value {
+pub(crate) fn parse(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)
         .unwrap_or_else(|e| panic!("bad json ({e}): {}", String::from_utf8_lossy(bytes)))
 }
@@ -87,7 +87,7 @@ fn manifest_digests(manifest: &Value) -> (String, Vec<String>) {
     (config.to_owned(), layers.collect())
 }
 
-fn temp() -> tempfile::TempDir {
+pub(crate) fn temp() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("it-interop-")
         .tempdir()

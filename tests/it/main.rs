@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod garbage;
 mod interop;
+mod interop_auth;
 mod lifecycle;
 mod limits;
 mod logs;

@@ -14,6 +14,7 @@ use crate::server::body::{error_response, Body, BoxError, ReqBody};
 use crate::server::router::{self, Route};
 use crate::server::{admin, blobs, health, listing, manifests, token, uploads};
 use crate::storage::Storage;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -23,13 +24,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub struct App {
+    /// The configuration the server started with. `[mirror]`, `[upstreams]`, `[limits]`
+    /// and `[auth]` may since have been reloaded: see [`App::config_snapshot`].
     pub config: Config,
     pub storage: Arc<Storage>,
-    pub mirror: Mirror,
+    /// Upstreams and routing; replaced whole by [`App::reload`].
+    mirror: ArcSwap<Mirror>,
+    /// Blob fills in flight, shared by every generation of `mirror`.
+    pub fills: Arc<crate::cache::Fills>,
     /// Small hot objects (manifests, tag rows) kept in RAM.
     pub memory: MemoryTier,
-    /// Per-client request rate limits (`[limits]`).
-    pub limits: crate::server::limits::Limits,
+    /// Per-client request rate limits (`[limits]`); replaced by [`App::reload`].
+    limits: ArcSwap<crate::server::limits::Limits>,
+    /// The reloadable sections as last loaded.
+    live: ArcSwap<Config>,
     /// Users, rules, tokens, the audit and access logs.
     pub auth: Arc<Auth>,
     draining: AtomicBool,
@@ -94,19 +102,60 @@ impl App {
         let limits = crate::server::limits::Limits::new(&config.limits);
         let auth = Auth::new(&config.auth, &config.storage.data_dir).map_err(StartError::Auth)?;
         Ok(Arc::new(App {
+            live: ArcSwap::from_pointee(config.clone()),
             config,
             storage,
-            mirror,
+            mirror: ArcSwap::from_pointee(mirror),
+            fills: Arc::new(crate::cache::Fills::default()),
             memory: MemoryTier::new(MEMORY_TIER_BYTES),
-            limits,
+            limits: ArcSwap::from_pointee(limits),
             auth: Arc::new(auth),
             draining: AtomicBool::new(false),
         }))
     }
 
-    /// The configuration in effect (after any reload).
+    /// The configuration in effect: the started one with the reloaded sections.
     pub fn config_snapshot(&self) -> Config {
-        self.config.clone()
+        let live = self.live.load();
+        let mut c = self.config.clone();
+        c.mirror = live.mirror.clone();
+        c.upstreams = live.upstreams.clone();
+        c.limits = live.limits.clone();
+        c.auth = live.auth.clone();
+        c
+    }
+
+    /// The upstreams and routing in effect.
+    pub fn mirror(&self) -> Arc<Mirror> {
+        self.mirror.load_full()
+    }
+
+    /// Applies `new`'s `[mirror]`, `[upstreams]`, `[limits]` and `[auth]` all at once, or
+    /// none of them when any part fails to build (the old ones keep serving). Returns
+    /// the keys that changed but need a restart to take effect.
+    pub fn reload(&self, new: &Config) -> std::result::Result<Vec<&'static str>, String> {
+        let mirror = Mirror::new(new).map_err(|e| e.to_string())?;
+        let policy = crate::auth::AuthPolicy::build(&new.auth)?;
+        let limits = crate::server::limits::Limits::new(&new.limits);
+        self.mirror.store(Arc::new(mirror));
+        self.limits.store(Arc::new(limits));
+        self.auth.install(policy);
+        self.live.store(Arc::new(new.clone()));
+        let old = &self.config;
+        let mut restart = Vec::new();
+        if new.server != old.server {
+            restart.push("server");
+        }
+        if new.storage != old.storage {
+            restart.push("storage");
+        }
+        if new.log != old.log {
+            restart.push("log");
+        }
+        if new.tls.enabled != old.tls.enabled || new.tls.client_ca_file != old.tls.client_ca_file {
+            restart.push("tls");
+        }
+        Ok(restart)
     }
 
     /// Marks the server as draining: `/readyz` answers 503 from now on.
@@ -207,7 +256,6 @@ impl App {
         req: Request<ReqBody>,
         ctx: &mut Ctx,
     ) -> Result<Response<Body>> {
-        self.limits.check(&route, ctx.peer, req.headers())?;
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -217,6 +265,10 @@ impl App {
             Err(e) => return Err(self.auth_error(e, req.headers())),
         };
         ctx.identity = id.user.clone();
+        // Authenticated clients have a quota of their own wherever they connect from.
+        self.limits
+            .load()
+            .check(&route, ctx.peer, req.headers(), id.user.as_deref())?;
         let m = req.method().clone();
         let name = match route.repo() {
             Some(n) => repo(n)?,
@@ -265,11 +317,12 @@ impl App {
             m,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
-        let target = match self.mirror.resolve(&name, query_get(&q, "ns"), host)? {
+        let mirror = self.mirror();
+        let target = match mirror.resolve(&name, query_get(&q, "ns"), host)? {
             // A plain name that is (or, with a push, becomes) a hosted repository.
             Target::Proxy(p)
                 if p.via_default
-                    && self.config.mirror.hosted_on_push
+                    && mirror.hosted_on_push
                     && (write || self.storage.is_hosted(name.as_str())) =>
             {
                 Target::Hosted(name.clone())
@@ -404,10 +457,11 @@ impl App {
     /// How the rules see `name` for `action`, decided as `dispatch` routes it.
     fn repo_kind(&self, name: &RepoName, action: Action) -> RepoKind {
         let exists = self.storage.is_hosted(name.as_str());
-        match self.mirror.resolve(name, None, None) {
+        let mirror = self.mirror();
+        match mirror.resolve(name, None, None) {
             Ok(Target::Proxy(p))
                 if !(p.via_default
-                    && self.config.mirror.hosted_on_push
+                    && mirror.hosted_on_push
                     && (action != Action::Pull || exists)) =>
             {
                 RepoKind::Mirrored

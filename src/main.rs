@@ -137,15 +137,31 @@ async fn shutdown_signal() {
     }
 }
 
-/// Reloads the TLS files on every SIGHUP; never returns.
-async fn reload_on_hangup(running: &agent_registry::server::Running) {
+/// On every SIGHUP: reloads the config (`[mirror]`, `[upstreams]`, `[limits]`, `[auth]`
+/// all at once, or nothing if the new file is invalid) and the TLS files; never returns.
+async fn reload_on_hangup(
+    running: &agent_registry::server::Running,
+    load: &(dyn Fn() -> anyhow::Result<Config> + Sync),
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         return std::future::pending().await;
     };
     while hangups.recv().await.is_some() {
+        match load().and_then(|cfg| running.app.reload(&cfg).map_err(anyhow::Error::msg)) {
+            Ok(restart) if restart.is_empty() => {
+                tracing::info!("SIGHUP: configuration reloaded (mirror, upstreams, limits, auth)")
+            }
+            Ok(restart) => tracing::warn!(
+                sections = ?restart,
+                "SIGHUP: configuration reloaded; changes to these sections need a restart"
+            ),
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "SIGHUP: the new configuration is invalid, keeping the previous one"
+            ),
+        }
         if !running.app.config.tls.enabled {
-            tracing::info!("SIGHUP: tls is not enabled, nothing to reload");
             continue;
         }
         match running.reload_tls() {
@@ -159,17 +175,30 @@ async fn reload_on_hangup(running: &agent_registry::server::Running) {
     std::future::pending().await
 }
 
-async fn serve(
-    mut cfg: Config,
+/// Loads the config the way `serve` was told to: file, environment, then the flags.
+fn load_for_serve(
+    config: &ConfigArg,
+    upstreams: &[String],
     listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
+    data_dir: Option<&PathBuf>,
+) -> anyhow::Result<Config> {
+    let mut cfg = load(config)?;
+    for spec in upstreams {
+        cfg.apply_upstream_flag(spec)?;
+    }
     if let Some(l) = listen {
         cfg.server.listen = l;
     }
     if let Some(d) = data_dir {
-        cfg.storage.data_dir = d;
+        cfg.storage.data_dir = d.clone();
     }
+    Ok(cfg)
+}
+
+async fn serve(
+    cfg: Config,
+    reload: &(dyn Fn() -> anyhow::Result<Config> + Sync),
+) -> anyhow::Result<()> {
     init_logging(&cfg);
     let origin = cfg.origin.clone();
     let data = cfg.storage.data_dir.clone();
@@ -199,7 +228,7 @@ async fn serve(
     systemd::notify("READY=1");
     tokio::select! {
         _ = shutdown_signal() => {},
-        _ = reload_on_hangup(&running) => {},
+        _ = reload_on_hangup(&running, reload) => {},
     }
     tracing::info!(
         drain_timeout = ?app.config.server.drain_timeout,
@@ -307,20 +336,20 @@ fn main() -> std::process::ExitCode {
             listen,
             data_dir,
             upstreams,
-        } => load(&config).and_then(|mut cfg| {
-            for spec in &upstreams {
-                cfg.apply_upstream_flag(spec)?;
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            let result = runtime.block_on(serve(cfg, listen, data_dir));
-            // Connections still open after the drain deadline are cut here; blocking
-            // tasks (file I/O) get a moment, but never hold up the exit.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-            result
-        }),
+        } => {
+            let reload = || load_for_serve(&config, &upstreams, listen, data_dir.as_ref());
+            reload().and_then(|cfg| {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the runtime")?;
+                let result = runtime.block_on(serve(cfg, &reload));
+                // Connections still open after the drain deadline are cut here; blocking
+                // tasks (file I/O) get a moment, but never hold up the exit.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+                result
+            })
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => load(&config).map(|c| {

@@ -381,7 +381,7 @@ pub fn fs_space(path: &Path) -> std::io::Result<FsSpace> {
 /// Sets the scrape-time gauges from `app` and renders the text exposition format.
 pub fn render(app: &App) -> String {
     let handle = install();
-    for up in &app.mirror.upstreams {
+    for up in &app.mirror().upstreams {
         if let Some(n) = up.ratelimit_remaining() {
             gauge!(UPSTREAM_RATELIMIT_REMAINING, "upstream" => up.name().to_string()).set(n as f64);
         }

@@ -94,6 +94,15 @@ struct User {
     groups: Vec<String>,
 }
 
+/// Users and rules built from `[auth]` (and the htpasswd file), ready to install.
+pub struct AuthPolicy(Policy);
+
+impl AuthPolicy {
+    pub fn build(cfg: &AuthConfig) -> Result<AuthPolicy, String> {
+        Policy::build(cfg).map(AuthPolicy)
+    }
+}
+
 /// The part that `SIGHUP` replaces: users and rules.
 struct Policy {
     cfg: AuthConfig,
@@ -221,11 +230,9 @@ impl Auth {
     }
 
     /// Replaces users and rules (`SIGHUP`); forgets verified passwords.
-    pub fn reload(&self, cfg: &AuthConfig) -> Result<(), String> {
-        let policy = Policy::build(cfg)?;
-        self.policy.store(Arc::new(policy));
+    pub fn install(&self, policy: AuthPolicy) {
+        self.policy.store(Arc::new(policy.0));
         self.verified.invalidate_all();
-        Ok(())
     }
 
     pub fn config(&self) -> AuthConfig {

@@ -30,12 +30,11 @@ pub async fn get(
         ctx.cache = CacheStatus::Hit;
         return Ok(r);
     }
-    if head && app.mirror.fills.get(&digest).is_none() {
+    if head && app.fills.get(&digest).is_none() {
         ctx.cache = CacheStatus::Bypass;
         return head_upstream(p, &digest).await;
     }
     let (fill, started) = app
-        .mirror
         .fills
         .join(&app.storage, &digest, source(p, &digest))
         .await

@@ -6,7 +6,6 @@ pub mod listing;
 pub mod manifests;
 pub mod route;
 
-use crate::cache::Fills;
 use crate::config::Config;
 use crate::error::Error;
 use crate::upstream::{Upstream, UpstreamError};
@@ -16,14 +15,16 @@ use std::sync::Arc;
 
 pub use route::{Proxy, Target};
 
-/// Every configured upstream, the names and aliases they answer to, and the fills in flight.
+/// Every configured upstream and the names and aliases they answer to. Replaced whole
+/// on reload; fills in flight live in `App::fills` and outlive it.
 pub struct Mirror {
     pub upstreams: Vec<Arc<Upstream>>,
     by_name: HashMap<String, Arc<Upstream>>,
     default: Option<Arc<Upstream>>,
     hosted_prefixes: Vec<String>,
     route_by_host: bool,
-    pub fills: Arc<Fills>,
+    /// `mirror.hosted_on_push`.
+    pub hosted_on_push: bool,
 }
 
 impl Mirror {
@@ -49,7 +50,7 @@ impl Mirror {
             default,
             hosted_prefixes: config.mirror.hosted_prefixes.clone(),
             route_by_host: config.mirror.route_by_host,
-            fills: Arc::new(Fills::default()),
+            hosted_on_push: config.mirror.hosted_on_push,
         })
     }
 }

@@ -86,7 +86,7 @@ pub async fn detailed(app: &Arc<App>) -> Response<Body> {
                 "free_bytes": space.map(|s| s.free_bytes),
                 "total_bytes": space.map(|s| s.total_bytes),
             },
-            "fills_in_flight": app.mirror.fills.len(),
+            "fills_in_flight": app.fills.len(),
             "upstreams": upstreams,
         }),
     )
@@ -124,7 +124,8 @@ fn slot(up: &Upstream) -> Slot {
 }
 
 async fn probe_all(app: &App) -> Vec<Value> {
-    let probes = app.mirror.upstreams.iter().map(|up| cached_probe(up));
+    let mirror = app.mirror();
+    let probes = mirror.upstreams.iter().map(|up| cached_probe(up));
     futures_util::future::join_all(probes).await
 }
 

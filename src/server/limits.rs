@@ -113,6 +113,7 @@ impl Limits {
         route: &Route<'_>,
         peer: SocketAddr,
         headers: &HeaderMap,
+        identity: Option<&str>,
     ) -> Result<(), Error> {
         let Some(class) = Class::of(route).filter(|_| self.config.enabled) else {
             return Ok(());
@@ -121,7 +122,10 @@ impl Limits {
         if self.config.allow.iter().any(|n| n.contains(ip)) {
             return Ok(());
         }
-        let client = Client::Ip(ip);
+        let client = match identity {
+            Some(user) => Client::Identity(user.to_string()),
+            None => Client::Ip(ip),
+        };
         let result = self.check_client(class, &client);
         self.housekeeping();
         let retry_after = match result {

@@ -381,3 +381,72 @@ fn notify_reaches_an_abstract_socket() {
     server.wait_for_port();
     assert!(TcpStream::connect(&server.addr).is_ok());
 }
+
+impl Proc {
+    fn write_config(&self, text: &str) {
+        let path = self.dir.path().join("config.toml");
+        let tmp = self.dir.path().join("config.toml.new");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &path).expect("rename config");
+    }
+
+    fn sighup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
+    /// Waits until the log has `n` occurrences of `needle`.
+    fn wait_log(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in: {log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_upstreams_limits_and_auth_at_once_and_keeps_them_if_invalid() {
+    let p = Proc::start("", &[], true);
+    let addr = p.addr.clone();
+    // Before: no users (v2 open), no upstream "up.test", loopback never limited.
+    assert_eq!(try_get(&addr, "/v2/"), Some(200));
+    let path = "/v2/up.test/lib/x/manifests/latest";
+    assert_ne!(try_get(&addr, path), Some(502));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    let good = format!(
+        "[server]\n\n[limits]\nallow = []\nmanifests_per_second = 1\nmanifests_burst = 3\n\n\
+         [auth]\nusers = [{{ name = \"ops\", password_hash = \"{hash}\" }}]\n\n\
+         [upstreams.\"up.test\"]\nurl = \"http://{dead_addr}\"\nconnect_timeout = \"1s\"\n"
+    );
+    p.write_config(&good);
+    p.sighup();
+    p.wait_log("SIGHUP: configuration reloaded", 1);
+    // After: users exist, so /v2/ challenges; the new upstream is dialled (and is down).
+    assert_eq!(try_get(&addr, "/v2/"), Some(401));
+    assert_eq!(try_get(&addr, path), Some(502));
+    // The tighter limit applies to loopback now.
+    let statuses: Vec<Option<u16>> = (0..6).map(|_| try_get(&addr, "/v2/agents/a/tags/list")).collect();
+    assert!(statuses.contains(&Some(429)), "{statuses:?}");
+    // An invalid file: nothing of it applies, the log names the key and the file.
+    p.write_config(&good.replace("[limits]\n", "[limits]\nmanifests_burts = 9\n"));
+    p.sighup();
+    let log = p.wait_log("keeping the previous one", 1);
+    assert!(log.contains("limits.manifests_burts") && log.contains("config.toml"), "{log}");
+    assert_eq!(try_get(&addr, "/v2/"), Some(401));
+    // Let the quota (1/s, burst 3) refill.
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(try_get(&addr, path), Some(502));
+    // Still serving and draining normally.
+    p.sigterm();
+}

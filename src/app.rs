@@ -134,7 +134,7 @@ impl App {
     /// none of them when any part fails to build (the old ones keep serving). Returns
     /// the keys that changed but need a restart to take effect.
     pub fn reload(&self, new: &Config) -> std::result::Result<Vec<&'static str>, String> {
-        let mirror = Mirror::new(new).map_err(|e| e.to_string())?;
+        let mirror = Mirror::reusing(new, Some(&self.mirror())).map_err(|e| e.to_string())?;
         let policy = crate::auth::AuthPolicy::build(&new.auth)?;
         let limits = crate::server::limits::Limits::new(&new.limits);
         self.mirror.store(Arc::new(mirror));

@@ -13,7 +13,7 @@ use super::checks::{
     check_aliases, host_name, parse_url, readable_file, redact_userinfo, regex_problem,
 };
 use super::merge::{join, Origins};
-use super::units::{format_duration, parse_duration};
+use super::units::{format_duration, format_size, parse_duration, parse_size};
 use super::{positive, Config, ConfigError, Secret, DEFAULT_CONFIG_TOML, EMBEDDED, REDACTED};
 
 /// How plain repository names are routed.
@@ -58,6 +58,8 @@ pub struct UpstreamConfig {
     /// When the upstream says a cached tag is gone: keep serving it (`true`) or 404.
     pub serve_stale_on_404: bool,
     pub max_concurrency: usize,
+    /// Bytes per second read from this upstream, all transfers together; `None`: no cap.
+    pub max_bandwidth: Option<u64>,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     /// Longest pause inside a body.
@@ -103,7 +105,8 @@ impl PartialEq for UpstreamConfig {
             &other.username,
             &other.password,
             &other.token,
-        ) && (&self.ca_file, self.max_concurrency) == (&other.ca_file, other.max_concurrency)
+        ) && (&self.ca_file, self.max_concurrency, self.max_bandwidth)
+            == (&other.ca_file, other.max_concurrency, other.max_bandwidth)
             && (times(self), flags(self), patterns(self))
                 == (times(other), flags(other), patterns(other))
     }
@@ -128,6 +131,7 @@ impl UpstreamConfig {
             max_stale: Duration::from_secs(7 * 86_400),
             serve_stale_on_404: false,
             max_concurrency: 64,
+            max_bandwidth: None,
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -221,6 +225,7 @@ pub(super) struct RawUpstream {
     max_stale: String,
     serve_stale_on_404: bool,
     max_concurrency: i64,
+    max_bandwidth: String,
     connect_timeout: String,
     first_byte_timeout: String,
     idle_timeout: String,
@@ -258,6 +263,7 @@ impl RawUpstream {
             max_stale: format_duration(u.max_stale),
             serve_stale_on_404: u.serve_stale_on_404,
             max_concurrency: i64::try_from(u.max_concurrency).unwrap_or(i64::MAX),
+            max_bandwidth: u.max_bandwidth.map_or("0".into(), format_size),
             connect_timeout: format_duration(u.connect_timeout),
             first_byte_timeout: format_duration(u.first_byte_timeout),
             idle_timeout: format_duration(u.idle_timeout),
@@ -403,6 +409,9 @@ fn build_upstream(
         max_stale: duration("max_stale", &raw.max_stale)?,
         serve_stale_on_404: raw.serve_stale_on_404,
         max_concurrency: o.check(&key("max_concurrency"), concurrency.ok_or(too_few))?,
+        max_bandwidth: o
+            .check(&key("max_bandwidth"), parse_size(&raw.max_bandwidth))
+            .map(|n| (n > 0).then_some(n))?,
         connect_timeout: duration("connect_timeout", &raw.connect_timeout)?,
         first_byte_timeout: duration("first_byte_timeout", &raw.first_byte_timeout)?,
         idle_timeout: duration("idle_timeout", &raw.idle_timeout)?,

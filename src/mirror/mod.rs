@@ -29,10 +29,22 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(config: &Config) -> Result<Mirror, UpstreamError> {
+        Mirror::reusing(config, None)
+    }
+
+    /// Like [`Mirror::new`], keeping the [`Upstream`]s of `previous` whose settings did
+    /// not change (their pooled connections, tokens and bandwidth buckets survive a reload).
+    pub fn reusing(config: &Config, previous: Option<&Mirror>) -> Result<Mirror, UpstreamError> {
         let mut upstreams = Vec::new();
         let mut by_name = HashMap::new();
         for u in &config.upstreams {
-            let up = Arc::new(Upstream::new(u.clone())?);
+            let kept = previous
+                .and_then(|p| p.upstreams.iter().find(|x| x.config() == u))
+                .cloned();
+            let up = match kept {
+                Some(up) => up,
+                None => Arc::new(Upstream::new(u.clone())?),
+            };
             by_name.insert(u.name.clone(), up.clone());
             for a in &u.aliases {
                 by_name.insert(a.clone(), up.clone());

@@ -17,6 +17,37 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Clone)]
 pub(crate) struct Sent(pub String);
 
+/// A token bucket of bytes per second shared by all transfers from one upstream, with
+/// one second of burst. Readers take what they received and sleep off any debt before
+/// reading on, so TCP backpressure holds the upstream to the rate.
+pub struct Bandwidth {
+    rate: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl Bandwidth {
+    pub fn new(bytes_per_second: u64) -> Bandwidth {
+        let rate = bytes_per_second as f64;
+        Bandwidth {
+            rate,
+            state: std::sync::Mutex::new((rate, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes `n` bytes; returns how long to wait before reading more.
+    pub fn take(&self, n: usize) -> Duration {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(st.1).as_secs_f64() * self.rate;
+        st.0 = (st.0 + refill).min(self.rate) - n as f64;
+        st.1 = now;
+        match st.0 < 0.0 {
+            true => Duration::from_secs_f64(-st.0 / self.rate),
+            false => Duration::ZERO,
+        }
+    }
+}
+
 /// The chunks of an upstream body. Yields `Err` once (then ends) when the body breaks
 /// off or no chunk arrives within the idle timeout.
 pub struct UpstreamBody {
@@ -26,11 +57,19 @@ pub struct UpstreamBody {
     idle: Duration,
     /// Created on the first poll (a timer needs the runtime), reset after every chunk.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The upstream's bandwidth cap, and the pause it imposes before the next read.
+    bandwidth: Option<std::sync::Arc<Bandwidth>>,
+    pace: Option<Pin<Box<Sleep>>>,
     done: bool,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(resp: http::Response<Incoming>, upstream: &str, idle: Duration) -> Self {
+    pub(crate) fn new(
+        resp: http::Response<Incoming>,
+        upstream: &str,
+        idle: Duration,
+        bandwidth: Option<std::sync::Arc<Bandwidth>>,
+    ) -> Self {
         let (parts, body) = resp.into_parts();
         let what = parts
             .extensions
@@ -43,6 +82,8 @@ impl UpstreamBody {
             what,
             idle,
             timer: None,
+            bandwidth,
+            pace: None,
             done: false,
         }
     }
@@ -62,6 +103,16 @@ impl Stream for UpstreamBody {
             return Poll::Ready(None);
         }
         let idle = this.idle;
+        if let Some(pace) = this.pace.as_mut() {
+            if pace.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.pace = None;
+            // The pause was ours, not the upstream's: the idle clock starts now.
+            if let Some(t) = this.timer.as_mut() {
+                t.as_mut().reset(Instant::now() + idle);
+            }
+        }
         let timer = this
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
@@ -74,6 +125,12 @@ impl Stream for UpstreamBody {
                     timer.as_mut().reset(Instant::now() + idle);
                     if data.is_empty() {
                         continue;
+                    }
+                    if let Some(bw) = &this.bandwidth {
+                        let wait = bw.take(data.len());
+                        if !wait.is_zero() {
+                            this.pace = Some(Box::pin(tokio::time::sleep(wait)));
+                        }
                     }
                     return Poll::Ready(Some(Ok(data)));
                 }
@@ -151,5 +208,20 @@ pub(crate) async fn read_small(
             }
             out.extend_from_slice(&data);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bandwidth_allows_a_second_of_burst_then_paces() {
+        let bw = Bandwidth::new(1000);
+        assert_eq!(bw.take(600), Duration::ZERO);
+        assert_eq!(bw.take(400), Duration::ZERO);
+        let wait = bw.take(500);
+        let ms = wait.as_millis();
+        assert!((480..=500).contains(&ms), "{wait:?}");
     }
 }

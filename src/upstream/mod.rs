@@ -19,7 +19,7 @@ mod tls;
 mod token;
 mod wire;
 
-pub use body::UpstreamBody;
+pub use body::{Bandwidth, UpstreamBody};
 pub use error::{TimeoutPhase, UpstreamError};
 
 use crate::config::UpstreamConfig;
@@ -47,6 +47,8 @@ pub struct Upstream {
     ratelimit_remaining: AtomicU64,
     /// `url` is https: credentials are never sent to a plain-http token realm.
     https: bool,
+    /// `max_bandwidth`, shared by every body read from this upstream.
+    bandwidth: Option<std::sync::Arc<Bandwidth>>,
 }
 
 impl Upstream {
@@ -81,6 +83,7 @@ impl Upstream {
             client,
             ratelimit_remaining: AtomicU64::new(NO_RATELIMIT),
             https,
+            bandwidth: cfg.max_bandwidth.map(|b| std::sync::Arc::new(Bandwidth::new(b))),
             cfg,
         })
     }
@@ -109,7 +112,12 @@ impl Upstream {
     /// The body of a response from [`Upstream::send`] as a stream of chunks, failing with
     /// a `Timeout { phase: Idle }` when no chunk arrives within `idle_timeout`.
     pub fn body(&self, resp: http::Response<hyper::body::Incoming>) -> UpstreamBody {
-        UpstreamBody::new(resp, &self.cfg.name, self.cfg.idle_timeout)
+        UpstreamBody::new(
+            resp,
+            &self.cfg.name,
+            self.cfg.idle_timeout,
+            self.bandwidth.clone(),
+        )
     }
 
     fn record_ratelimit(&self, headers: &http::HeaderMap) {

@@ -538,3 +538,83 @@ async fn warm_manifests_come_from_the_memory_tier() {
         "{entries} entries, {bytes} bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandwidth_cap_paces_reads_from_an_upstream() {
+    let fake = FakeUpstream::start();
+    let bytes = random(4 << 20, 77);
+    let digest = fake.add_blob("library/slow", bytes);
+    let url = fake.url();
+    let srv = TestServer::start_with(move |cfg| {
+        let mut up = agent_registry::config::UpstreamConfig::new("docker.io", &url);
+        up.library_prefix = true;
+        // 1 MiB/s with one second of burst: 4 MiB take at least 3 s.
+        up.max_bandwidth = Some(1 << 20);
+        cfg.upstreams.retain(|u| u.name != "docker.io");
+        cfg.upstreams.push(up);
+        cfg.mirror.default_upstream = Some("docker.io".into());
+    });
+    let http = Http::new(&srv.host());
+    let start = std::time::Instant::now();
+    let got = http
+        .get_hashed(&format!("/v2/slow/blobs/{digest}"), &[])
+        .await
+        .expect("get");
+    let took = start.elapsed();
+    assert_eq!(got.digest, digest);
+    // A lower bound only: a slow machine cannot make this fail.
+    assert!(took >= Duration::from_millis(2800), "4 MiB at 1 MiB/s took {took:?}");
+    // A warm read is not paced: the cap is on upstream traffic only.
+    let got = http.get_hashed(&format!("/v2/slow/blobs/{digest}"), &[]).await.expect("warm");
+    assert_eq!(got.digest, digest);
+}
+
+#[test]
+fn the_projects_own_server_behind_token_auth_as_an_upstream() {
+    if !crate::support::tools::require("skopeo") {
+        return;
+    }
+    // The upstream: this project's server with users, the image in a private repository.
+    let upstream = TestServer::start_with(crate::auth::configure);
+    upstream
+        .app
+        .auth
+        .set_visibility("agents/app", agent_registry::config::Visibility::Private)
+        .expect("visibility");
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    let img = crate::support::image::single_image(&layout, "v1", 41, &[300_000]);
+    let creds = format!("writer:{}", crate::auth::PASSWORD);
+    crate::support::tools::run(
+        crate::support::tools::command("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &creds])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{}/agents/app:v1", upstream.host())),
+    );
+    // The edge logs in to it with the writer's password (token flow, /token on the upstream).
+    let url = format!("http://{}", upstream.host());
+    let edge = TestServer::start_with(move |cfg| {
+        let mut up = agent_registry::config::UpstreamConfig::new("parent.test", &url);
+        up.username = Some("writer".into());
+        up.password = Some(agent_registry::config::Secret::new(crate::auth::PASSWORD));
+        cfg.upstreams.push(up);
+    });
+    let out = work.path().join("out");
+    crate::support::tools::run(
+        crate::support::tools::command("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/parent.test/agents/app:v1", edge.host()))
+            .arg(format!("oci:{}:v1", out.display())),
+    );
+    let got = crate::support::image::tagged_descriptor(&out, "v1");
+    assert_eq!(got["digest"].as_str(), Some(img.manifest_digest.as_str()));
+    let fetches = edge
+        .app
+        .mirror()
+        .upstreams
+        .iter()
+        .find(|u| u.name() == "parent.test")
+        .map(|u| u.token_fetches())
+        .expect("upstream");
+    assert_eq!(fetches, 1, "one token for the one scope");
+}

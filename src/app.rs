@@ -167,6 +167,32 @@ impl App {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// The admin listener's entry: health, metrics and `/admin/...`; 404 for the rest.
+    pub async fn handle_admin<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let admin_route = matches!(
+            router::parse(req.uri().path()),
+            Route::Healthz | Route::Readyz | Route::Health | Route::Metrics | Route::Admin(_)
+        );
+        match admin_route {
+            true => self.handle(req, peer).await,
+            false => {
+                let e = Error::not_found(
+                    ErrorCode::Unsupported,
+                    "the admin listener serves /healthz, /readyz, /health, /metrics and /admin/ only",
+                );
+                error_response(&e, req.method() == Method::HEAD)
+            }
+        }
+    }
+
     /// Routes and serves one request. Errors become OCI error responses here and only here.
     pub async fn handle<B>(self: &Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Body>
     where

@@ -218,6 +218,9 @@ async fn serve(
         "agent-registry listening on {scheme}://{}",
         running.addr
     );
+    if let Some(a) = running.admin_addr {
+        tracing::info!(addr = %a, "admin listener (health, metrics, /admin) on http://{a}");
+    }
     if !app.auth.has_identities() {
         tracing::info!(
             "no users or API tokens: serving as a pull-only mirror; add users under [auth] \

@@ -24,16 +24,14 @@ const TABLE_ARRAYS: [&str; 2] = ["auth.users", "auth.rules"];
 pub(super) struct Origins(pub(super) BTreeMap<String, String>);
 
 impl Origins {
-    /// `config <path>`, `environment <VAR>` or `config embedded default`; an indexed key
-    /// (`a.b[2]`) has the origin of its array.
+    /// `config <path>`, `environment <VAR>` or `config embedded default`. A key inside
+    /// an array or an array of tables (`a.b[2]`, `auth.users[0].name`) has the origin of
+    /// the nearest enclosing key that has one.
     pub(super) fn origin(&self, key: &str) -> String {
-        let array = key
-            .strip_suffix(']')
-            .and_then(|k| k.rsplit_once('['))
-            .map(|(k, _)| k);
-        let found = self.0.get(key).or_else(|| self.0.get(array?));
-        found
-            .cloned()
+        let enclosing = key.match_indices('[').rev().map(|(i, _)| &key[..i]);
+        std::iter::once(key)
+            .chain(enclosing)
+            .find_map(|k| self.0.get(k).cloned())
             .unwrap_or_else(|| format!("config {EMBEDDED}"))
     }
 

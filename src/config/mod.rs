@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub keep_alive_timeout: Duration,
     /// How long in-flight requests may run after shutdown starts.
     pub drain_timeout: Duration,
+    /// A second, plain-HTTP listener for health, metrics and the admin API only.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Who may push to and delete from hosted repositories.
@@ -236,6 +238,7 @@ struct RawServer {
     max_header_size: String,
     keep_alive_timeout: String,
     drain_timeout: String,
+    admin_listen: String,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -314,6 +317,7 @@ impl Config {
             max_header_size: 64 << 10,
             keep_alive_timeout: Duration::from_secs(75),
             drain_timeout: Duration::from_secs(30),
+            admin_listen: None,
         };
         let storage = StorageConfig {
             data_dir: PathBuf::from("./data"),
@@ -370,6 +374,10 @@ impl Config {
                 max_header_size: format_size(server.max_header_size),
                 keep_alive_timeout: format_duration(server.keep_alive_timeout),
                 drain_timeout: format_duration(server.drain_timeout),
+                admin_listen: server
+                    .admin_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
             },
             tls: tls::show_tls(&self.tls),
             storage: RawStorage {
@@ -435,6 +443,10 @@ impl Config {
             max_header_size: o.check("server.max_header_size", header_size)?,
             keep_alive_timeout: o.check("server.keep_alive_timeout", keep_alive)?,
             drain_timeout: o.check("server.drain_timeout", drain)?,
+            admin_listen: match server.admin_listen.trim() {
+                "" => None,
+                a => Some(o.check("server.admin_listen", parse_socket_addr(a))?),
+            },
         };
         let storage = StorageConfig {
             data_dir: PathBuf::from(o.check("storage.data_dir", non_empty(&storage.data_dir))?),

@@ -308,10 +308,14 @@ fn format_round_trips() {
 fn redacted_toml_reparses_to_equal_config() {
     let env = [("AGENT_REGISTRY_LOG_FORMAT", "json")];
     let text = "server.listen = \"[::1]:6000\"\nserver.max_manifest_size = \"1.5MB\"\n\
-                server.hosted_writes = \"any\"\nstorage.upload_expiry = \"1h30m\"\nlog.level = \"a$${b}\"\n\
+                server.hosted_writes = \"loopback\"\nserver.admin_listen = \"127.0.0.1:9090\"\nstorage.upload_expiry = \"1h30m\"\nlog.level = \"a$${b}\"\n\
                 mirror.default_upstream = \"ghcr.io\"\nupstreams.\"quay.io\".enabled = false\n\
-                upstreams.\"ghcr.io\".immutable_tags = ['^v\\d+$']\n";
+                upstreams.\"ghcr.io\".immutable_tags = ['^v\\d+$']\n\
+                upstreams.\"ghcr.io\".max_bandwidth = \"50MiB\"\n\
+                auth.rules = [{ repos = [\"agents/*\"], users = [\"a\"], actions = [\"read\", \"write\"] }]\n\
+                auth.token_ttl = \"10m\"\n";
     let c = load(text, &env).unwrap();
+    assert_eq!(c.auth.rules[0].actions, [Action::Pull, Action::Push]);
     let rendered = c.to_toml_redacted();
     let back = Config::from_toml_str(&rendered, "rendered", &|_| None).unwrap();
     assert_eq!(c.log.level, "a${b}");
@@ -320,7 +324,71 @@ fn redacted_toml_reparses_to_equal_config() {
         (c.server, c.storage, c.log)
     );
     assert_eq!((back.mirror, back.upstreams), (c.mirror, c.upstreams));
+    assert_eq!(back.auth, c.auth);
     assert!(rendered.starts_with("# effective configuration, loaded from /etc/ar.toml\n"));
+}
+
+#[test]
+fn auth_section_errors_name_the_key_and_hashes_are_never_shown() {
+    let hash = "$2y$04$abcdefghijklmnopqrstuuJ6yJvFh4xM9bqK2q3wHq1T7YdJxH5nS";
+    let ok = format!(
+        "[[auth.users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\ngroups = [\"ci\"]\n"
+    );
+    let c = load(&ok, &[]).unwrap();
+    assert_eq!(c.auth.users[0].groups, ["ci"]);
+    let shown = c.to_toml_redacted();
+    assert!(
+        !shown.contains(hash) && shown.contains("<redacted>"),
+        "{shown}"
+    );
+    // What `config show` prints loads again.
+    let back = Config::from_toml_str(&shown, "shown", &|_| None).unwrap();
+    assert_eq!(back.auth.users[0].name, "alice");
+    let cases = [
+        (
+            "[[auth.users]]\nname = \"a\"\npassword_hash = \"plain\"\n",
+            "key auth.users[0].password_hash: not a bcrypt hash",
+        ),
+        (
+            "[[auth.users]]\nname = \"a\"\npasword = \"x\"\n",
+            "key auth: unknown field `pasword`",
+        ),
+        (
+            "[[auth.rules]]\nrepos = [\"a/*\"]\nactions = [\"fly\"]\n",
+            "key auth.rules[0].actions: unknown action \"fly\"",
+        ),
+        (
+            "[[auth.rules]]\nrepos = []\nactions = [\"pull\"]\n",
+            "key auth.rules[0].repos: must name at least one",
+        ),
+        (
+            "auth.users = [\"alice\"]\n",
+            "key auth.users: expected an array of tables, found string at index 0",
+        ),
+        (
+            "auth.default_visibility = \"secret\"\n",
+            "key auth.default_visibility: invalid visibility",
+        ),
+        (
+            "auth.realm = \"ftp://x\"\n",
+            "key auth.realm: \"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            "server.admin_listen = \"nope\"\n",
+            "key server.admin_listen: invalid socket address",
+        ),
+        (
+            "upstreams.\"ghcr.io\".max_bandwidth = \"fast\"\n",
+            "key upstreams.\"ghcr.io\".max_bandwidth: invalid size",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = load(text, &[]).unwrap_err();
+        assert!(
+            e.starts_with("config /etc/ar.toml: ") && e.contains(want),
+            "{text}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -97,7 +97,7 @@ pub async fn serve(
                 if let Some(stream) = stream {
                     activity.touch();
                     let stream = idle::IdleIo::new(stream, activity.clone());
-                    serve_connection(app, &builder, watcher, stream, peer, &activity).await;
+                    serve_connection(app, &builder, watcher, stream, peer, &activity, false).await;
                 }
             };
             tokio::select! {
@@ -152,7 +152,52 @@ async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// Serves the admin listener: health, metrics and `/admin/...` only, plain HTTP, until
+/// `shutdown`; then drains like the main listener.
+async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let cfg = app.config.server.clone();
+    let builder = Arc::new(builder(&cfg));
+    let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+        let activity = idle::Activity::new();
+        let idle_timeout = cfg.keep_alive_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = idle::IdleIo::new(stream, activity.clone());
+            tokio::select! {
+                _ = serve_connection(app, &builder, watcher, stream, peer, &activity, true) => {}
+                _ = activity.idle(idle_timeout) => {}
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {},
+        _ = tokio::time::sleep(cfg.drain_timeout) => {},
+    }
+}
+
+/// Open connections the admin listener takes at most.
+const ADMIN_CONNECTIONS: usize = 256;
+
 /// Serves HTTP on one connection (plain TCP or TLS) until it closes or shutdown drains it.
+/// `admin_only`: answer health, metrics and the admin API, 404 to the rest.
 async fn serve_connection<I>(
     app: Arc<App>,
     builder: &auto::Builder<TokioExecutor>,
@@ -160,6 +205,7 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     activity: &Arc<idle::Activity>,
+    admin_only: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -168,7 +214,10 @@ async fn serve_connection<I>(
         let app = app.clone();
         let in_flight = activity.request();
         async move {
-            let response = app.handle(req, peer).await;
+            let response = match admin_only {
+                true => app.handle_admin(req, peer).await,
+                false => app.handle(req, peer).await,
+            };
             drop(in_flight);
             Ok::<_, std::convert::Infallible>(response)
         }
@@ -196,6 +245,8 @@ async fn purge_uploads(app: Arc<App>) {
 /// A server running on a background task; stops (and drains) when dropped.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -215,8 +266,18 @@ impl Running {
         let listener = TcpListener::bind(app.config.server.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
+        let admin_addr = match app.config.server.admin_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a).await?;
+                let bound = l.local_addr()?;
+                tokio::spawn(serve_admin(app.clone(), l, rx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
         let task = tokio::spawn(serve(app.clone(), listener, tls.clone(), rx));
         Ok(Running {
+            admin_addr,
             addr,
             app,
             shutdown: tx,

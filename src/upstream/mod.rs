@@ -83,7 +83,9 @@ impl Upstream {
             client,
             ratelimit_remaining: AtomicU64::new(NO_RATELIMIT),
             https,
-            bandwidth: cfg.max_bandwidth.map(|b| std::sync::Arc::new(Bandwidth::new(b))),
+            bandwidth: cfg
+                .max_bandwidth
+                .map(|b| std::sync::Arc::new(Bandwidth::new(b))),
             cfg,
         })
     }

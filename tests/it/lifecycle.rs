@@ -436,13 +436,18 @@ fn sighup_reloads_upstreams_limits_and_auth_at_once_and_keeps_them_if_invalid() 
     assert_eq!(try_get(&addr, "/v2/"), Some(401));
     assert_eq!(try_get(&addr, path), Some(502));
     // The tighter limit applies to loopback now.
-    let statuses: Vec<Option<u16>> = (0..6).map(|_| try_get(&addr, "/v2/agents/a/tags/list")).collect();
+    let statuses: Vec<Option<u16>> = (0..6)
+        .map(|_| try_get(&addr, "/v2/agents/a/tags/list"))
+        .collect();
     assert!(statuses.contains(&Some(429)), "{statuses:?}");
     // An invalid file: nothing of it applies, the log names the key and the file.
     p.write_config(&good.replace("[limits]\n", "[limits]\nmanifests_burts = 9\n"));
     p.sighup();
     let log = p.wait_log("keeping the previous one", 1);
-    assert!(log.contains("limits.manifests_burts") && log.contains("config.toml"), "{log}");
+    assert!(
+        log.contains("limits.manifests_burts") && log.contains("config.toml"),
+        "{log}"
+    );
     assert_eq!(try_get(&addr, "/v2/"), Some(401));
     // Let the quota (1/s, burst 3) refill.
     std::thread::sleep(Duration::from_millis(3100));

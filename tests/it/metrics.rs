@@ -344,3 +344,31 @@ fn tidy_every_metric_is_documented() {
         assert_eq!(labels, d.labels, "{row}");
     }
 }
+
+#[tokio::test]
+async fn the_admin_listener_serves_health_metrics_and_admin_only() {
+    let srv = TestServer::start_with(|c| {
+        c.server.admin_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    });
+    let admin = Http::new(&srv.admin_addr.expect("admin listener").to_string());
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/health?detailed=1",
+        "/metrics",
+        "/admin/whoami",
+    ] {
+        let r = admin.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let text = String::from_utf8_lossy(&admin.get("/metrics").await.body).to_string();
+    assert!(text.contains("agent_registry_requests_total"), "{text}");
+    for path in ["/v2/", "/v2/_catalog", "/v2/a/tags/list", "/token"] {
+        let r = admin.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.error_code(), "UNSUPPORTED");
+    }
+    // The main listener still has /metrics.
+    let main = Http::new(&srv.host());
+    assert_eq!(main.get("/metrics").await.status, StatusCode::OK);
+}

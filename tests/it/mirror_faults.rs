@@ -563,9 +563,15 @@ async fn the_bandwidth_cap_paces_reads_from_an_upstream() {
     let took = start.elapsed();
     assert_eq!(got.digest, digest);
     // A lower bound only: a slow machine cannot make this fail.
-    assert!(took >= Duration::from_millis(2800), "4 MiB at 1 MiB/s took {took:?}");
+    assert!(
+        took >= Duration::from_millis(2800),
+        "4 MiB at 1 MiB/s took {took:?}"
+    );
     // A warm read is not paced: the cap is on upstream traffic only.
-    let got = http.get_hashed(&format!("/v2/slow/blobs/{digest}"), &[]).await.expect("warm");
+    let got = http
+        .get_hashed(&format!("/v2/slow/blobs/{digest}"), &[])
+        .await
+        .expect("warm");
     assert_eq!(got.digest, digest);
 }
 
@@ -603,7 +609,10 @@ fn the_projects_own_server_behind_token_auth_as_an_upstream() {
     crate::support::tools::run(
         crate::support::tools::command("skopeo")
             .args(["copy", "--src-tls-verify=false"])
-            .arg(format!("docker://{}/parent.test/agents/app:v1", edge.host()))
+            .arg(format!(
+                "docker://{}/parent.test/agents/app:v1",
+                edge.host()
+            ))
             .arg(format!("oci:{}:v1", out.display())),
     );
     let got = crate::support::image::tagged_descriptor(&out, "v1");

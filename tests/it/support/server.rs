@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when `server.admin_listen` was set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -63,14 +65,17 @@ impl TestServer {
             rt.block_on(async move {
                 let app = App::new(cfg).expect("open storage");
                 let running = Running::start(app.clone()).await.expect("bind");
-                ready_tx.send((running.addr, app)).expect("ready");
+                ready_tx
+                    .send((running.addr, running.admin_addr, app))
+                    .expect("ready");
                 let _ = stop_rx.await;
                 running.stop().await;
             });
         });
-        let (addr, app) = ready_rx.recv().expect("server started");
+        let (addr, admin_addr, app) = ready_rx.recv().expect("server started");
         TestServer {
             addr,
+            admin_addr,
             app,
             stop: Some(stop_tx),
             thread: Some(thread),

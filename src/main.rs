@@ -249,6 +249,22 @@ fn token_store(config: &ConfigArg) -> anyhow::Result<agent_registry::auth::store
         .with_context(|| format!("opening the token store in {}", dir.display()))
 }
 
+/// Records a token change made from the command line in the audit log.
+fn audit_cli(st: &agent_registry::auth::store::Store, event: &str, detail: String) {
+    use agent_registry::auth::store::{now_ms, AuditRecord};
+    let record = AuditRecord {
+        ts_ms: now_ms(),
+        event: event.to_string(),
+        user: std::env::var("USER").ok(),
+        client: Some("agent-registry cli".into()),
+        repo: None,
+        detail: Some(detail),
+    };
+    if let Err(e) = st.append(&[], &[record]) {
+        eprintln!("agent-registry: warning: could not write the audit log: {e}");
+    }
+}
+
 fn token_command(command: TokenCommand) -> anyhow::Result<()> {
     use agent_registry::auth::{policy::parse_scope, store};
     match command {
@@ -271,6 +287,11 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             };
             let st = token_store(&config)?;
             let (token, info) = st.create_token(&user, &scopes.join(" "), expires)?;
+            audit_cli(
+                &st,
+                "token_created",
+                format!("{} for {}", info.id, info.user),
+            );
             eprintln!(
                 "created {} for {} ({}), expires {}; the token is shown only now:",
                 info.id,
@@ -306,6 +327,7 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             let st = token_store(&config)?;
             match st.revoke_token(&id)? {
                 true => {
+                    audit_cli(&st, "token_revoked", id.clone());
                     println!("revoked {id} (running servers stop accepting it within 10s)");
                     Ok(())
                 }

@@ -956,6 +956,12 @@ fn server_cli_tokens_are_shown_once_and_stored_hashed() {
     assert!(o.status.success());
     let o = run(&["token", "list", "--user", "ci"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("revoked"));
+    // Both changes are in the audit log, without the token.
+    let store = agent_registry::auth::store::Store::open(&data).expect("store");
+    let events = store.audit_log(None, 0, 100).expect("audit");
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["token_created", "token_revoked"]);
+    assert!(events.iter().all(|e| !format!("{e:?}").contains(&token)));
     let o = run(&["token", "create", "--user", "ci", "--scope", "nocolon"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("PATTERN:ACTIONS"));

@@ -416,7 +416,13 @@ impl Proc {
 fn sighup_reloads_upstreams_limits_and_auth_at_once_and_keeps_them_if_invalid() {
     let p = Proc::start("", &[], true);
     let addr = p.addr.clone();
-    // Before: no users (v2 open), no upstream "up.test", loopback never limited.
+    // Before: no users (v2 open), no upstream "up.test", loopback never limited; the
+    // startup log says how to add a user.
+    assert!(
+        p.log().contains("pull-only mirror") && p.log().contains("hash-password"),
+        "{}",
+        p.log()
+    );
     assert_eq!(try_get(&addr, "/v2/"), Some(200));
     let path = "/v2/up.test/lib/x/manifests/latest";
     assert_ne!(try_get(&addr, path), Some(502));

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 const USER: &str = "ci-robot";
 const PASSWORD: &str = "pa55-Very-Secret-7f3a";
+/// A client's password for this registry, and a wrong one it tries.
+const CLIENT_PASSWORD: &str = "client-Secret-91bd";
+const WRONG_PASSWORD: &str = "wrong-Guess-5e2c";
 
 struct Proc {
     child: std::process::Child,
@@ -75,18 +78,61 @@ async fn credentials_never_reach_logs_or_config_show() {
     // This one demands other credentials: ours are refused (an auth failure to log).
     let bad = FakeUpstream::start();
     bad.set(|s| s.auth = AuthMode::Basic("someone".into(), "else".into()));
+    let hash = bcrypt::hash(CLIENT_PASSWORD, 4).expect("bcrypt");
     let config = format!(
-        "[mirror]\ndefault_upstream = \"good.test\"\n\
+        "[auth]\nusers = [{{ name = \"alice\", password_hash = \"{hash}\" }}]\n\
+         [mirror]\ndefault_upstream = \"good.test\"\n\
          [upstreams.\"good.test\"]\nurl = \"{}\"\nusername = \"{USER}\"\npassword = \"${{UPSTREAM_PASSWORD}}\"\n\
          [upstreams.\"bad.test\"]\nurl = \"{}\"\nusername = \"{USER}\"\npassword = \"${{UPSTREAM_PASSWORD}}\"\n",
         good.url(),
         bad.url()
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let forbidden = [PASSWORD.to_string(), base64(&format!("{USER}:{PASSWORD}"))];
+    let mut forbidden = vec![
+        PASSWORD.to_string(),
+        base64(&format!("{USER}:{PASSWORD}")),
+        CLIENT_PASSWORD.to_string(),
+        WRONG_PASSWORD.to_string(),
+        base64(&format!("alice:{CLIENT_PASSWORD}")),
+        base64(&format!("alice:{WRONG_PASSWORD}")),
+        hash.clone(),
+    ];
     for format in ["text", "json"] {
         let (proc_, addr) = start(dir.path(), &config, format);
         let http = Http::new(&addr);
+        // A client logs in (and once fails to): neither password nor token is logged.
+        let good_basic = format!("Basic {}", base64(&format!("alice:{CLIENT_PASSWORD}")));
+        let bad_basic = format!("Basic {}", base64(&format!("alice:{WRONG_PASSWORD}")));
+        let r = http
+            .send(
+                http::Method::GET,
+                "/token?scope=repository:team/app:pull",
+                &[("authorization", &bad_basic)],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, 401);
+        let r = http
+            .send(
+                http::Method::GET,
+                "/token?scope=repository:team/app:pull",
+                &[("authorization", &good_basic)],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let token = r.json()["token"].as_str().expect("token").to_string();
+        let bearer = format!("Bearer {token}");
+        let r = http
+            .send(
+                http::Method::GET,
+                "/v2/team/app/manifests/v1",
+                &[("authorization", &bearer)],
+                bytes::Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        forbidden.push(token);
         let r = http.get("/v2/team/app/manifests/v1").await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         assert_eq!(
@@ -104,6 +150,10 @@ async fn credentials_never_reach_logs_or_config_show() {
         drop(proc_);
         let log = std::fs::read_to_string(dir.path().join(format!("{format}.log"))).expect("log");
         assert!(log.contains("access"), "the access log was written: {log}");
+        assert!(
+            log.contains("auth_failure") && log.contains("alice"),
+            "the audit log: {log}"
+        );
         for s in &forbidden {
             assert!(
                 !log.contains(s.as_str()),
@@ -125,7 +175,7 @@ async fn credentials_never_reach_logs_or_config_show() {
     );
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        shown.contains("<redacted>") && !shown.contains(PASSWORD),
+        shown.contains("<redacted>") && !shown.contains(PASSWORD) && !shown.contains(&hash),
         "{shown}"
     );
 }

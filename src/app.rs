@@ -323,6 +323,9 @@ impl App {
                     Route::Metrics if m == Method::GET || m == Method::HEAD => {
                         Ok(health::metrics(self))
                     }
+                    Route::Search if m == Method::GET => {
+                        crate::server::search::handle(self, &id, req.uri()).await
+                    }
                     Route::Catalog if m == Method::GET => {
                         let visible = |r: &str| self.may_read(&id, r);
                         listing::catalog(self, req.uri(), &visible).await

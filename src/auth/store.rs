@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS access (
 );
 CREATE INDEX IF NOT EXISTS access_ts ON access(ts_ms);
 CREATE INDEX IF NOT EXISTS access_user_ts ON access(user, ts_ms);
+CREATE INDEX IF NOT EXISTS access_repo ON access(repo, route);
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +436,16 @@ impl Store {
         let mut out: Vec<AuditRecord> = rows.collect::<std::result::Result<_, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    /// Successful manifest GETs of `repo` still in the access log.
+    pub fn pulls(&self, repo: &str) -> Result<u64> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM access WHERE repo = ?1 AND route = 'manifest' AND method = 'GET' AND status = 200",
+            [repo],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
     }
 
     /// Drops access records older than `before_ms`; returns how many.

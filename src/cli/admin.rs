@@ -59,6 +59,96 @@ pub struct LogArgs {
     json: bool,
 }
 
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Part of the name (or description) to look for.
+    query: Option<String>,
+    /// Only this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Only images with this capability, e.g. text-generation.
+    #[arg(long)]
+    capability: Option<String>,
+    /// Only images whose author contains this.
+    #[arg(long)]
+    author: Option<String>,
+    /// Created at or after this date (RFC 3339, e.g. 2026-01-01).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created at or before this date.
+    #[arg(long)]
+    until: Option<String>,
+    /// At least this size, e.g. 100MB.
+    #[arg(long)]
+    min_size: Option<String>,
+    /// At most this size.
+    #[arg(long)]
+    max_size: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    page: u32,
+    #[arg(long, default_value_t = 10)]
+    per_page: u32,
+    /// Print the registry's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn search(c: &Client, a: SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut params = vec![
+        format!("page={}", a.page),
+        format!("per_page={}", a.per_page),
+    ];
+    for (k, v) in [
+        ("q", &a.query),
+        ("tag", &a.tag),
+        ("capability", &a.capability),
+        ("author", &a.author),
+        ("since", &a.since),
+        ("until", &a.until),
+        ("min_size", &a.min_size),
+        ("max_size", &a.max_size),
+    ] {
+        if let Some(v) = v {
+            params.push(format!("{k}={}", enc(v)));
+        }
+    }
+    let v = ok_json(
+        &c.get(&format!("/v2/_search?{}", params.join("&"))).await?,
+        "search",
+    )?;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let s = |r: &Value, k: &str| r[k].as_str().unwrap_or("").to_string();
+    writeln!(
+        out,
+        "{:<32} {:<14} {:>8} {:<20} {:<16} {:<28} DESCRIPTION",
+        "NAME", "TAG", "SIZE", "CREATED", "AUTHOR", "CAPABILITIES"
+    )?;
+    for r in v["images"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<32} {:<14} {:>8} {:<20} {:<16} {:<28} {}",
+            s(r, "name"),
+            s(r, "tag"),
+            s(r, "size"),
+            s(r, "created"),
+            s(r, "author"),
+            names(&r["capabilities"]),
+            s(r, "description")
+        )?;
+    }
+    let total = v["total"].as_u64().unwrap_or(0);
+    let shown = v["images"].as_array().map_or(0, Vec::len);
+    writeln!(
+        out,
+        "{shown} of {total} (page {})",
+        v["page"].as_u64().unwrap_or(1)
+    )?;
+    Ok(())
+}
+
 /// The reply's JSON, or a one-line error from its status and OCI error body.
 fn ok_json(r: &Reply, what: &str) -> anyhow::Result<Value> {
     if r.status.is_success() {

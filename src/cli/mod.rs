@@ -61,6 +61,13 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Find hosted agent images by name, tag, capability, author, date and size.
+    Search {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        args: admin::SearchArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +163,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             password_stdin,
         } => creds::login(&target, &username, password_stdin, out).await,
         Command::Logout { target } => creds::logout(&target.registry, out),
+        Command::Search { target, args } => {
+            let auth = creds::authorization(&target.registry)?;
+            let client =
+                http::Client::new(&target.registry, target.timeout)?.with_authorization(auth);
+            admin::search(&client, args, out).await
+        }
     }
 }
 

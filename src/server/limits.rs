@@ -62,6 +62,7 @@ impl Class {
             | Route::Tags(_)
             | Route::Referrers(..)
             | Route::Catalog
+            | Route::Search
             | Route::Token
             | Route::Admin(_) => Some(Class::Manifests),
             Route::Blob(..) | Route::UploadStart(_) | Route::Upload(..) => Some(Class::Blobs),

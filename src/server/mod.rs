@@ -14,6 +14,7 @@ pub mod limits;
 pub mod listing;
 pub mod manifests;
 pub mod router;
+pub mod search;
 pub mod systemd;
 pub mod tls;
 pub mod token;

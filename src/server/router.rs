@@ -9,6 +9,8 @@
 pub enum Route<'a> {
     Base,
     Catalog,
+    /// `/v2/_search`: hosted images by name, tag, capability, author, date, size.
+    Search,
     Tags(&'a str),
     Manifest(&'a str, &'a str),
     Blob(&'a str, &'a str),
@@ -32,6 +34,7 @@ impl Route<'_> {
         match self {
             Route::Base => "base",
             Route::Catalog => "catalog",
+            Route::Search => "search",
             Route::Tags(_) => "tags",
             Route::Manifest(..) => "manifest",
             Route::Blob(..) => "blob",
@@ -63,6 +66,7 @@ pub fn parse(path: &str) -> Route<'_> {
     match path {
         "/v2" | "/v2/" => return Route::Base,
         "/v2/_catalog" => return Route::Catalog,
+        "/v2/_search" => return Route::Search,
         "/healthz" => return Route::Healthz,
         "/readyz" => return Route::Readyz,
         "/health" => return Route::Health,

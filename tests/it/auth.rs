@@ -1,4 +1,5 @@
-//! Access control over HTTP: the permission matrix (every route x role x visibility), the
+//! Access control over HTTP: the permission matrix (every route, catalog and search
+//! included, x role x visibility), the
 //! token flow, forged and expired tokens, path tricks, brute-force limits, API tokens,
 //! the audit and access logs, and the CLI.
 

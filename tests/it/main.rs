@@ -16,5 +16,6 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod search;
 mod tls;
 mod upstream;

@@ -656,8 +656,8 @@ impl Auth {
         }
     }
 
-    /// Starts the task that writes queued records in batches and prunes old access
-    /// records hourly. Call once, inside the runtime.
+    /// Starts the task that writes queued records in batches and prunes the access log
+    /// (by age and count) every ten minutes. Call once, inside the runtime.
     pub fn spawn_log_writer(self: &Arc<Self>) {
         let rx = self.log_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(mut rx) = rx else { return };
@@ -678,8 +678,11 @@ impl Auth {
                     }
                 }
                 let store = auth.store.clone();
-                let retention = auth.policy.load().cfg.access_log_retention;
-                let prune = last_prune.elapsed() > Duration::from_secs(3600);
+                let (retention, max) = {
+                    let p = auth.policy.load();
+                    (p.cfg.access_log_retention, p.cfg.access_log_max_entries)
+                };
+                let prune = last_prune.elapsed() > Duration::from_secs(600);
                 if prune {
                     last_prune = Instant::now();
                 }
@@ -687,7 +690,7 @@ impl Auth {
                     store.append(&access, &audit)?;
                     if prune {
                         let cutoff = store::now_ms().saturating_sub(retention.as_millis() as u64);
-                        store.prune_access(cutoff)?;
+                        store.prune_access(cutoff, max)?;
                     }
                     Ok::<_, store::StoreError>(())
                 })

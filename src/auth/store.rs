@@ -448,11 +448,17 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Drops access records older than `before_ms`; returns how many.
-    pub fn prune_access(&self, before_ms: u64) -> Result<usize> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM access WHERE ts_ms < ?1", [before_ms as i64])?)
+    /// Drops access records older than `before_ms`, then the oldest beyond `max`;
+    /// returns how many.
+    pub fn prune_access(&self, before_ms: u64, max: u64) -> Result<usize> {
+        let conn = self.conn();
+        let old = conn.execute("DELETE FROM access WHERE ts_ms < ?1", [before_ms as i64])?;
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let over = conn.execute(
+            "DELETE FROM access WHERE id <= (SELECT MAX(id) FROM access) - ?1",
+            [max],
+        )?;
+        Ok(old + over)
     }
 }
 
@@ -502,6 +508,36 @@ mod tests {
             .unwrap()
             .revoked
             .is_some());
+    }
+
+    #[test]
+    fn access_log_prunes_by_age_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let rec = |ts_ms: u64| AccessRecord {
+            ts_ms,
+            client: "127.0.0.1".into(),
+            user: "-".into(),
+            method: "GET".into(),
+            route: "manifest".into(),
+            repo: Some("a".into()),
+            status: 200,
+            bytes: Some(1),
+            duration_us: 5,
+            cache: "hit".into(),
+        };
+        let batch: Vec<AccessRecord> = (1..=10).map(rec).collect();
+        s.append(&batch, &[]).unwrap();
+        assert_eq!(s.prune_access(3, 100).unwrap(), 2);
+        assert_eq!(s.prune_access(0, 5).unwrap(), 3);
+        let left: Vec<u64> = s
+            .access_log(None, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect();
+        assert_eq!(left, [6, 7, 8, 9, 10]);
+        assert_eq!(s.pulls("a").unwrap(), 5);
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub struct AuthConfig {
     pub failures_per_user: u32,
     /// How long the queryable access log keeps a request.
     pub access_log_retention: Duration,
+    /// The access log keeps at most this many requests (the oldest go first).
+    pub access_log_max_entries: u64,
 }
 
 impl Default for AuthConfig {
@@ -132,6 +134,7 @@ impl Default for AuthConfig {
             failures_per_client: 10,
             failures_per_user: 5,
             access_log_retention: Duration::from_secs(7 * 24 * 3600),
+            access_log_max_entries: 10_000_000,
         }
     }
 }
@@ -153,6 +156,7 @@ pub(super) struct RawAuth {
     failures_per_client: i64,
     failures_per_user: i64,
     access_log_retention: String,
+    access_log_max_entries: i64,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -212,6 +216,7 @@ pub(super) fn show_auth(a: &AuthConfig) -> RawAuth {
         failures_per_client: i64::from(a.failures_per_client),
         failures_per_user: i64::from(a.failures_per_user),
         access_log_retention: format_duration(a.access_log_retention),
+        access_log_max_entries: i64::try_from(a.access_log_max_entries).unwrap_or(i64::MAX),
     }
 }
 
@@ -326,6 +331,18 @@ pub(super) fn build_auth(raw: RawAuth, o: &Origins) -> Result<AuthConfig, Config
         access_log_retention: o.check(
             "auth.access_log_retention",
             positive(parse_duration(&raw.access_log_retention)),
+        )?,
+        access_log_max_entries: o.check(
+            "auth.access_log_max_entries",
+            u64::try_from(raw.access_log_max_entries)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not a whole number from 1",
+                        raw.access_log_max_entries
+                    )
+                }),
         )?,
     })
 }

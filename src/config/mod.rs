@@ -13,6 +13,7 @@
 //! (`[mirror]`, `[upstreams]`, `--upstream`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
+mod cache;
 mod checks;
 mod limits;
 mod merge;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Table;
 
+pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use tls::{TlsConfig, TlsFileError};
@@ -57,6 +59,8 @@ pub struct Config {
     pub log: LogConfig,
     pub mirror: MirrorConfig,
     pub limits: LimitsConfig,
+    /// `[cache]`: disk and memory tiers, strategies, garbage collection.
+    pub cache: CacheConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// `"embedded default"` or the path of the file it was loaded from.
@@ -216,6 +220,7 @@ struct RawConfig {
     log: RawLog,
     mirror: RawMirror,
     limits: limits::RawLimits,
+    cache: cache::RawCache,
     upstreams: BTreeMap<String, ShownUpstream>,
 }
 
@@ -281,6 +286,7 @@ impl Config {
         let template = upstream::template();
         upstream::complete_defaults(&mut default, &template);
         let mut user = parse_table(text, &label)?;
+        cache::normalize(&mut user, &label)?;
         for (key, value) in user.iter_mut() {
             expand_value(value, key, env, &label)?;
         }
@@ -344,6 +350,7 @@ impl Config {
             log,
             mirror,
             limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             origin: EMBEDDED.into(),
         }
@@ -376,6 +383,7 @@ impl Config {
             },
             mirror: upstream::show_mirror(&self.mirror),
             limits: limits::show_limits(&self.limits),
+            cache: cache::show_cache(&self.cache),
             upstreams: upstream::show_upstreams(&self.upstreams),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
@@ -439,6 +447,7 @@ impl Config {
         };
         let tls = tls::build_tls(o.section(&mut table, "tls")?, o)?;
         let limits = limits::build_limits(o.section(&mut table, "limits")?, o)?;
+        let cache = cache::build_cache(o.section(&mut table, "cache")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
@@ -450,6 +459,7 @@ impl Config {
             log,
             mirror,
             limits,
+            cache,
             upstreams,
             origin: origin.to_string(),
         })

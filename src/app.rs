@@ -2,16 +2,14 @@
 //! turns any request into a response and never fails.
 
 use crate::cache::memory::MemoryTier;
+use crate::cache::DiskTier;
 use crate::config::{Config, HostedWrites};
 use crate::error::{Error, Result};
 use crate::mirror::{self, Mirror, Proxy, Target};
-
-/// The memory tier's byte cap (becomes `cache.memory.max_size` with the cache settings).
-const MEMORY_TIER_BYTES: u64 = 256 << 20;
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::body::{error_response, Body, BoxError, ReqBody};
 use crate::server::router::{self, Route};
-use crate::server::{blobs, health, listing, manifests, uploads};
+use crate::server::{admin_cache, blobs, health, listing, manifests, uploads};
 use crate::storage::Storage;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -25,8 +23,11 @@ pub struct App {
     pub config: Config,
     pub storage: Arc<Storage>,
     pub mirror: Mirror,
-    /// Small hot objects (manifests, tag rows) kept in RAM.
+    /// Small hot objects (manifests, tag rows, referrers, small blobs) kept in RAM,
+    /// capped at `cache.memory.max_size`.
     pub memory: MemoryTier,
+    /// The disk tier's index: what proxied content is cached, capped at `cache.max_size`.
+    pub cache: Arc<DiskTier>,
     /// Per-client request rate limits (`[limits]`).
     pub limits: crate::server::limits::Limits,
     draining: AtomicBool,
@@ -85,11 +86,16 @@ impl App {
         let storage = Arc::new(Storage::open(&config.storage.data_dir)?);
         let mirror = Mirror::new(&config)?;
         let limits = crate::server::limits::Limits::new(&config.limits);
+        let memory = MemoryTier::new(config.cache.memory.max_size);
+        let cache = DiskTier::open(storage.clone(), memory.clone(), &config.cache)
+            .map_err(crate::storage::StorageError::from)?;
+        mirror.fills.attach(cache.clone());
         Ok(Arc::new(App {
             config,
             storage,
             mirror,
-            memory: MemoryTier::new(MEMORY_TIER_BYTES),
+            memory,
+            cache,
             limits,
             draining: AtomicBool::new(false),
         }))
@@ -194,6 +200,18 @@ impl App {
                         Ok(health::metrics(self))
                     }
                     Route::Catalog if m == Method::GET => listing::catalog(self, req.uri()).await,
+                    Route::AdminCacheStats if m == Method::GET => {
+                        self.require_admin(&req, ctx)?;
+                        admin_cache::stats(self)
+                    }
+                    Route::AdminCachePurge if m == Method::POST => {
+                        self.require_admin(&req, ctx)?;
+                        admin_cache::purge(self, req.uri()).await
+                    }
+                    Route::AdminGc if m == Method::POST => {
+                        self.require_admin(&req, ctx)?;
+                        admin_cache::gc(self, req.uri()).await
+                    }
                     Route::NotFound => {
                         Err(Error::not_found(ErrorCode::Unsupported, "no such endpoint"))
                     }
@@ -351,4 +369,20 @@ pub fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
 pub fn location(resp: &mut Response<Body>, value: &str) {
     resp.headers_mut()
         .insert(header::LOCATION, crate::server::body::hv(value));
+}
+
+impl App {
+    /// The guard of the admin endpoints (`/admin/...`). For now loopback peers only;
+    /// access control replaces the body with the admin-permission check.
+    fn require_admin(&self, _req: &Request<ReqBody>, ctx: &Ctx) -> Result<()> {
+        if ctx.peer.ip().is_loopback() {
+            return Ok(());
+        }
+        crate::metrics::auth_failure();
+        Err(Error::client(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "admin endpoints are available only to loopback clients",
+        ))
+    }
 }

@@ -57,8 +57,15 @@ impl Client {
 
     /// GETs `path`; connection failures and timeouts become "failed to connect to registry".
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.send(http::Method::GET, path).await
+    }
+
+    /// Sends `method` to `path` without a body (the admin endpoints).
+    pub async fn send(&self, method: http::Method, path: &str) -> anyhow::Result<Reply> {
         let url = format!("{}{}", self.base, path);
-        let req = Request::get(&url)
+        let req = Request::builder()
+            .method(method)
+            .uri(&url)
             .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")))
             .body(Empty::new())
             .with_context(|| format!("invalid URL {url}"))?;

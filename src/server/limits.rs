@@ -67,6 +67,9 @@ impl Class {
             | Route::Readyz
             | Route::Health
             | Route::Metrics
+            | Route::AdminCacheStats
+            | Route::AdminCachePurge
+            | Route::AdminGc
             | Route::NotFound => None,
         }
     }

@@ -19,6 +19,12 @@ pub enum Route<'a> {
     Readyz,
     Health,
     Metrics,
+    /// `GET /admin/cache/stats`
+    AdminCacheStats,
+    /// `POST /admin/cache/purge?repo=...|digest=...`
+    AdminCachePurge,
+    /// `POST /admin/gc?dry_run=1`
+    AdminGc,
     NotFound,
 }
 
@@ -35,6 +41,7 @@ impl Route<'_> {
             Route::Referrers(..) => "referrers",
             Route::Healthz | Route::Readyz | Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::AdminCacheStats | Route::AdminCachePurge | Route::AdminGc => "admin",
             Route::NotFound => "not_found",
         }
     }
@@ -61,6 +68,9 @@ pub fn parse(path: &str) -> Route<'_> {
         "/readyz" => return Route::Readyz,
         "/health" => return Route::Health,
         "/metrics" => return Route::Metrics,
+        "/admin/cache/stats" => return Route::AdminCacheStats,
+        "/admin/cache/purge" => return Route::AdminCachePurge,
+        "/admin/gc" => return Route::AdminGc,
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
@@ -106,6 +116,9 @@ mod tests {
         check("/v2", Route::Base);
         check("/v2/_catalog", Route::Catalog);
         check("/metrics", Route::Metrics);
+        check("/admin/cache/stats", Route::AdminCacheStats);
+        check("/admin/cache/purge", Route::AdminCachePurge);
+        check("/admin/gc", Route::AdminGc);
         check("/v2/a/b/c/tags/list", Route::Tags("a/b/c"));
         check("/v2/a/manifests/latest", Route::Manifest("a", "latest"));
         check(

@@ -59,7 +59,9 @@ pub async fn purge(app: &Arc<App>, target: &str) -> Result<PurgeReport, StorageE
     };
     for d in digests {
         let removed = app.cache.purge_digest(&d).await;
-        report.removed.extend(removed.iter().map(ToString::to_string));
+        report
+            .removed
+            .extend(removed.iter().map(ToString::to_string));
     }
     // Tag rows and lists have no index by repository in memory: start it afresh.
     app.memory.clear();
@@ -146,7 +148,10 @@ pub async fn verify(data_dir: &Path) -> Result<VerifyReport, StorageError> {
         meta.with(move |c| {
             c.execute("DELETE FROM cache_objects WHERE digest = ?1", params![key])?;
             c.execute("DELETE FROM cache_refs WHERE manifest = ?1", params![key])?;
-            c.execute("DELETE FROM mirror_manifests WHERE digest = ?1", params![key])?;
+            c.execute(
+                "DELETE FROM mirror_manifests WHERE digest = ?1",
+                params![key],
+            )?;
             Ok(())
         })
         .await

@@ -567,7 +567,9 @@ impl DiskTier {
     /// Brings the index in line with the files after a crash: files under `blobs/` that
     /// are neither indexed nor hosted are adopted (they were verified before their
     /// rename), index rows without a file are dropped, and the cap is enforced.
-    pub async fn reconcile(self: &Arc<Self>) -> Result<(usize, usize), crate::storage::StorageError> {
+    pub async fn reconcile(
+        self: &Arc<Self>,
+    ) -> Result<(usize, usize), crate::storage::StorageError> {
         let files = self.storage.blobs.list().await?;
         let (hosted, manifests) = self
             .storage

@@ -314,8 +314,15 @@ async fn run(
     match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
         Ok(Commit::Stored { size }) => {
             let sum = checksum.finalize().to_hex().to_string();
-            tier.admit(digest, size, ObjKind::Blob, Vec::new(), Some(sum), reservation)
-                .await;
+            tier.admit(
+                digest,
+                size,
+                ObjKind::Blob,
+                Vec::new(),
+                Some(sum),
+                reservation,
+            )
+            .await;
         }
         // The clients got verified bytes; only the cached copy is lost (e.g. a full disk).
         Ok(Commit::Mismatch { actual }) => {

@@ -117,8 +117,10 @@ impl MemoryTier {
     }
 
     pub fn put_list(&self, key: &str, body: Bytes, fetched_ms: i64) {
-        self.cache
-            .insert(Key::List(key.into()), Value::List(Arc::new((body, fetched_ms))));
+        self.cache.insert(
+            Key::List(key.into()),
+            Value::List(Arc::new((body, fetched_ms))),
+        );
     }
 
     /// Drops everything (after a purge).

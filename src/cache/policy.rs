@@ -222,10 +222,10 @@ impl<K: Clone + Eq + Hash> S3Fifo<K> {
             let Some(e) = self.entries.get_mut(&k) else {
                 continue; // removed earlier
             };
-            let want = match (from_small, e.queue) {
-                (true, Queue::Small) | (false, Queue::Main) => true,
-                _ => false,
-            };
+            let want = matches!(
+                (from_small, e.queue),
+                (true, Queue::Small) | (false, Queue::Main)
+            );
             if !want {
                 continue; // stale queue slot
             }

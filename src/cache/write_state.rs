@@ -34,7 +34,9 @@ pub fn is_unwritable(e: &io::Error) -> bool {
         Some(EPERM | EACCES | ENOSPC | EROFS | EDQUOT)
     ) || matches!(
         e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied
+        io::ErrorKind::StorageFull
+            | io::ErrorKind::ReadOnlyFilesystem
+            | io::ErrorKind::PermissionDenied
     )
 }
 

@@ -1,5 +1,6 @@
 //! The `agent` client CLI: argument parsing and the commands, each a thin call over `Client`.
 
+pub mod admin;
 pub mod http;
 
 use anyhow::{anyhow, bail};

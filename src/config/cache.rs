@@ -356,7 +356,8 @@ mod tests {
 
     #[test]
     fn shown_config_reads_back() {
-        let text = "[cache]\nmax_size = \"2GiB\"\npolicy = \"lru\"\n[cache.gc]\ninterval = \"6h\"\n\
+        let text =
+            "[cache]\nmax_size = \"2GiB\"\npolicy = \"lru\"\n[cache.gc]\ninterval = \"6h\"\n\
                     [cache.cleanup]\nkeep_last_tags = 5\ndelete_untagged_after = \"7d\"\n";
         let c = load(text, &[]).unwrap();
         assert_eq!(c.cache.gc.interval, Some(Duration::from_secs(6 * 3600)));

@@ -219,7 +219,9 @@ impl FsBlobs {
 fn read_dir_or_empty(p: &Path) -> io::Result<Vec<io::Result<std::fs::DirEntry>>> {
     match std::fs::read_dir(p) {
         Ok(rd) => Ok(rd.collect()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
             Ok(Vec::new())
         }
         Err(e) => Err(e),

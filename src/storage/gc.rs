@@ -89,8 +89,7 @@ pub async fn run(
     let marked = mark(storage, cutoff, true).await?;
     report.links_deleted = marked.orphan_links;
     for (d, size) in candidates {
-        if marked.live.contains(&d.to_string()) || cached(&d) || !is_older(storage, &d, old).await
-        {
+        if marked.live.contains(&d.to_string()) || cached(&d) || !is_older(storage, &d, old).await {
             continue;
         }
         storage.blobs.remove(&d).await?;

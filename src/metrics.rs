@@ -98,7 +98,7 @@ pub const ALL: &[Def] = &[
     def(FILL_WAITERS_TOTAL, C, Unit::Count, &[],
         "Requests that joined a fill already in progress instead of fetching again"),
     def(FILL_FAILURES_TOTAL, C, Unit::Count, &["reason"],
-        "Blob fills that failed, by reason (not_found, unavailable, mismatch, internal)"),
+        "Blob fills that failed, by reason (not_found, unavailable, mismatch, internal, no_space)"),
     def(PUSH_OPERATIONS_TOTAL, C, Unit::Count, &[],
         "Successful manifest PUTs"),
     def(PULL_OPERATIONS_TOTAL, C, Unit::Count, &[],
@@ -353,6 +353,7 @@ pub fn fill_finished(failure: Option<FillErrorKind>) {
             FillErrorKind::Unavailable => "unavailable",
             FillErrorKind::Mismatch => "mismatch",
             FillErrorKind::Internal => "internal",
+            FillErrorKind::NoSpace => "no_space",
         };
         counter!(FILL_FAILURES_TOTAL, "reason" => reason).increment(1);
     }

@@ -6,9 +6,12 @@
 //! Room is reserved before bytes are committed, so committed + reserved bytes never
 //! exceed the cap; only temp files of fills in progress come on top.
 //!
-//! Eviction is reference-aware: a blob or child manifest referenced by a cached manifest
-//! is never chosen; when a manifest goes, what only it referenced goes with it. Objects
-//! pinned by a reader or a fill are passed over. Before a file is deleted the hosted
+//! Eviction is reference-aware: only roots are in the eviction order, that is manifests
+//! not referenced by a cached index and blobs no cached manifest references, each
+//! weighted by the bytes its eviction frees (a manifest counts its blobs). A blob or
+//! child manifest referenced by a cached manifest is never chosen; when a manifest goes,
+//! what only it referenced goes with it (or, if a reader holds it, becomes a root and
+//! goes after). Objects pinned by a reader or a fill are passed over. Before a file is deleted the hosted
 //! tables are checked under `Storage::write_lock`: pushed content is never evicted.
 
 use super::memory::MemoryTier;
@@ -67,6 +70,8 @@ struct Index {
     refs: HashMap<Digest, u32>,
     /// What each cached manifest references.
     children: HashMap<Digest, Vec<Digest>>,
+    /// The cached manifests referencing a digest.
+    parents: HashMap<Digest, Vec<Digest>>,
     /// Readers and fills holding a digest.
     pins: HashMap<Digest, u32>,
     used: u64,
@@ -78,6 +83,53 @@ struct Index {
 impl Index {
     fn evictable(&self, d: &Digest) -> bool {
         self.pins.get(d).copied().unwrap_or(0) == 0 && self.refs.get(d).copied().unwrap_or(0) == 0
+    }
+
+    fn referenced(&self, d: &Digest) -> bool {
+        self.refs.get(d).copied().unwrap_or(0) > 0
+    }
+
+    /// The bytes evicting `d` frees: its own and those of the cached objects it references.
+    fn weight(&self, d: &Digest) -> u64 {
+        let own = self.objs.get(d).map_or(0, |o| o.size);
+        let children = self.children.get(d).map_or(0, |cs| {
+            cs.iter()
+                .filter_map(|c| self.objs.get(c))
+                .map(|o| o.size)
+                .sum()
+        });
+        own + children
+    }
+
+    /// Records that manifest `m` references `refs`; referenced objects leave the order.
+    fn link(&mut self, m: &Digest, refs: &[Digest]) {
+        if self.children.contains_key(m) {
+            return;
+        }
+        for c in refs {
+            let n = self.refs.entry(c.clone()).or_insert(0);
+            *n += 1;
+            self.parents.entry(c.clone()).or_default().push(m.clone());
+            if *n == 1 && self.objs.contains_key(c) {
+                self.order.remove(c);
+            }
+        }
+        self.children.insert(m.clone(), refs.to_vec());
+    }
+
+    /// Adds a new object to the order if it is a root, else re-weighs its parents.
+    fn place(&mut self, d: &Digest, freq: u8) {
+        if self.referenced(d) {
+            for p in self.parents.get(d).cloned().unwrap_or_default() {
+                if self.objs.contains_key(&p) && !self.referenced(&p) {
+                    let w = self.weight(&p);
+                    self.order.resize(&p, w);
+                }
+            }
+        } else {
+            let w = self.weight(d);
+            self.order.insert(d.clone(), w, freq);
+        }
     }
 
     /// Removes `d` and, if it is a manifest, what only it referenced (not pinned).
@@ -92,6 +144,12 @@ impl Index {
         self.counters.evicted_bytes += obj.size;
         out.push((d.clone(), obj.kind));
         for c in self.children.remove(d).unwrap_or_default() {
+            if let Some(ps) = self.parents.get_mut(&c) {
+                ps.retain(|p| p != d);
+                if ps.is_empty() {
+                    self.parents.remove(&c);
+                }
+            }
             let left = match self.refs.get_mut(&c) {
                 Some(n) => {
                     *n = n.saturating_sub(1);
@@ -101,8 +159,13 @@ impl Index {
             };
             if left == 0 {
                 self.refs.remove(&c);
-                if self.objs.contains_key(&c) && self.evictable(&c) {
-                    self.remove_cascade(&c, out);
+                if self.objs.contains_key(&c) {
+                    if self.evictable(&c) {
+                        self.remove_cascade(&c, out);
+                    } else {
+                        // Being read: it goes later, as a root of its own.
+                        self.place(&c, 0);
+                    }
                 }
             }
         }
@@ -240,21 +303,33 @@ impl DiskTier {
             objs: HashMap::with_capacity(rows.len()),
             refs: HashMap::new(),
             children: HashMap::new(),
+            parents: HashMap::new(),
             pins: HashMap::new(),
             used: 0,
             reserved: 0,
             dirty: HashSet::new(),
             counters: Counters::default(),
         };
+        let mut freqs = Vec::with_capacity(rows.len());
         for (d, obj, freq) in rows {
             idx.used += obj.size;
-            idx.order.insert(d.clone(), obj.size, freq);
-            idx.objs.insert(d, obj);
+            idx.objs.insert(d.clone(), obj);
+            freqs.push((d, freq));
         }
+        let mut by_manifest: HashMap<Digest, Vec<Digest>> = HashMap::new();
         for (m, t) in refs {
             if idx.objs.contains_key(&m) {
-                *idx.refs.entry(t.clone()).or_insert(0) += 1;
-                idx.children.entry(m).or_default().push(t);
+                by_manifest.entry(m).or_default().push(t);
+            }
+        }
+        for (m, ts) in by_manifest {
+            idx.link(&m, &ts);
+        }
+        // Roots enter the order oldest first, so recency survives the restart.
+        for (d, freq) in freqs {
+            if !idx.referenced(&d) {
+                let w = idx.weight(&d);
+                idx.order.insert(d, w, freq);
             }
         }
         let n = idx.objs.len();
@@ -351,11 +426,9 @@ impl DiskTier {
             // The reservation becomes the object's bytes (it drops after the lock).
             idx.reserved = idx.reserved.saturating_sub(reservation.size);
             reservation.size = 0;
-            if let Some(o) = idx.objs.get(d) {
-                let old = o.size;
+            let known = idx.objs.get(d).map(|o| o.size);
+            if let Some(old) = known {
                 idx.used = idx.used.saturating_sub(old);
-            } else {
-                idx.order.insert(d.clone(), size, 0);
             }
             idx.used += size;
             idx.objs.insert(
@@ -367,11 +440,11 @@ impl DiskTier {
                     blake3: blake3.clone(),
                 },
             );
-            if kind == ObjKind::Manifest && !idx.children.contains_key(d) {
-                for r in &refs {
-                    *idx.refs.entry(r.clone()).or_insert(0) += 1;
-                }
-                idx.children.insert(d.clone(), refs.clone());
+            if kind == ObjKind::Manifest {
+                idx.link(d, &refs);
+            }
+            if known.is_none() {
+                idx.place(d, 0);
             }
         }
         let key = d.to_string();

@@ -39,6 +39,9 @@ pub enum FillErrorKind {
     Mismatch,
     /// This side failed (disk).
     Internal,
+    /// The cache's filesystem has no room for the blob; reported before any reader got
+    /// a byte, so readers can stream it through instead.
+    NoSpace,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -197,6 +200,14 @@ async fn run(
             Ok(opened) => {
                 if written == 0 {
                     total = opened.total;
+                    if let (Some(t), Some(tier)) = (total, &tier) {
+                        if !tier.write.has_room(t) {
+                            return Err(FillError::new(
+                                FillErrorKind::NoSpace,
+                                format!("blob {digest}: no room for {t} bytes in the cache"),
+                            ));
+                        }
+                    }
                     tx.send_modify(|p| {
                         p.started = true;
                         p.total = total;

@@ -42,6 +42,13 @@ impl<K: Clone + Eq + Hash> Order<K> {
         }
     }
 
+    /// Changes the weight of `k` (LRU does not weigh).
+    pub fn resize(&mut self, k: &K, size: u64) {
+        if let Order::S3Fifo(s) = self {
+            s.resize(k, size);
+        }
+    }
+
     pub fn remove(&mut self, k: &K) {
         match self {
             Order::Lru(l) => l.remove(k),
@@ -177,6 +184,15 @@ impl<K: Clone + Eq + Hash> S3Fifo<K> {
     fn touch(&mut self, k: &K) {
         if let Some(e) = self.entries.get_mut(k) {
             e.freq = (e.freq + 1).min(3);
+        }
+    }
+
+    fn resize(&mut self, k: &K, size: u64) {
+        if let Some(e) = self.entries.get_mut(k) {
+            if e.queue == Queue::Small {
+                self.small_bytes = self.small_bytes.saturating_sub(e.size) + size;
+            }
+            e.size = size;
         }
     }
 

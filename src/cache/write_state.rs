@@ -7,7 +7,7 @@
 use crate::storage::Storage;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ const MIN_FREE: u64 = 1 << 20;
 
 pub struct WriteState {
     disabled: AtomicBool,
+    /// Free bytes the probe wants before writes resume (the blob that did not fit).
+    needed: AtomicU64,
     last_probe: Mutex<Instant>,
     tmp: PathBuf,
 }
@@ -44,6 +46,7 @@ impl WriteState {
     pub fn new(storage: &Storage) -> WriteState {
         WriteState {
             disabled: AtomicBool::new(false),
+            needed: AtomicU64::new(MIN_FREE),
             last_probe: Mutex::new(Instant::now()),
             tmp: storage.blobs.tmp_dir().to_path_buf(),
         }
@@ -74,13 +77,27 @@ impl WriteState {
 
     fn probe(&self) -> io::Result<()> {
         let space = crate::metrics::fs_space(&self.tmp)?;
-        if space.free_bytes < MIN_FREE {
+        if space.free_bytes < self.needed.load(Ordering::SeqCst).max(MIN_FREE) {
             return Err(io::Error::other("no free space"));
         }
         let path = self.tmp.join(format!("probe-{}", uuid::Uuid::new_v4()));
         let r = std::fs::write(&path, [0u8; 4096]);
         let _ = std::fs::remove_file(&path);
         r
+    }
+
+    /// Whether the filesystem has room for `size` more bytes (and a margin). If not, the
+    /// cache stops writing until that much is free again.
+    pub fn has_room(&self, size: u64) -> bool {
+        let want = size.saturating_add(MIN_FREE);
+        match crate::metrics::fs_space(&self.tmp) {
+            Ok(s) if s.free_bytes < want => {
+                self.needed.store(want, Ordering::SeqCst);
+                self.failed(&io::Error::from(io::ErrorKind::StorageFull));
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Reports a failed cache write. Returns true if it means the cache cannot write,
@@ -90,6 +107,9 @@ impl WriteState {
             return false;
         }
         *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        if e.kind() != io::ErrorKind::StorageFull || e.raw_os_error().is_some() {
+            self.needed.store(MIN_FREE, Ordering::SeqCst);
+        }
         if !self.disabled.swap(true, Ordering::SeqCst) {
             tracing::warn!(error = %e, "cache writes disabled: serving through without caching until the cache directory is writable again");
             crate::metrics::cache_write_disabled(true);

@@ -79,10 +79,15 @@ pub async fn get(
     } else {
         CacheStatus::Coalesced
     };
-    let total = fill
-        .started()
-        .await
-        .map_err(|e| fill_error(p, &digest, e))?;
+    let total = match fill.started().await {
+        Ok(t) => t,
+        // No room on the cache's disk: nobody got a byte yet; stream it through.
+        Err(e) if e.kind == FillErrorKind::NoSpace => {
+            ctx.cache = CacheStatus::Bypass;
+            return bypass(p, &digest, headers, head).await;
+        }
+        Err(e) => return Err(fill_error(p, &digest, e)),
+    };
     let Some(size) = total else {
         // No length from the upstream: stream the whole blob, chunked.
         let mut r = Response::new(stream(fill.reader(0, None)));
@@ -312,7 +317,7 @@ fn fill_error(p: &Proxy, digest: &Digest, e: FillError) -> Error {
                 e.message
             ),
         ),
-        FillErrorKind::Internal => Error::Internal(e.message),
+        FillErrorKind::Internal | FillErrorKind::NoSpace => Error::Internal(e.message),
     }
 }
 

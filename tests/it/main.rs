@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod cache;
 mod cli;
 mod conformance;
 mod crash;

@@ -122,9 +122,9 @@ async fn mark(storage: &Storage, cutoff: i64, drop_orphans: bool) -> Result<Mark
         .meta
         .with(move |c| {
             let tx = c.transaction()?;
-            let orphan = "FROM repo_blobs b WHERE b.created < ?1
-                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.repo = b.repo AND r.target = b.digest)
-                 AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.digest = b.digest)";
+            let orphan = "FROM repo_blobs WHERE repo_blobs.created < ?1
+                 AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.repo = repo_blobs.repo AND r.target = repo_blobs.digest)
+                 AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = repo_blobs.repo AND m.digest = repo_blobs.digest)";
             let orphan_links = match drop_orphans {
                 true => tx.execute(&format!("DELETE {orphan}"), params![cutoff])? as u64,
                 false => tx.query_row(&format!("SELECT COUNT(*) {orphan}"), params![cutoff], |r| {
@@ -220,4 +220,35 @@ async fn cleanup(
     report.tags_deleted = tags;
     report.manifests_deleted = manifests;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn collects_an_unlinked_file_and_keeps_a_linked_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let kept = Digest::sha256_of(b"kept");
+        let gone = Digest::sha256_of(b"gone");
+        s.blobs.put_bytes(&kept, b"kept").await.unwrap();
+        s.blobs.put_bytes(&gone, b"gone").await.unwrap();
+        s.meta.link_blob("r", &kept.to_string(), 4).await.unwrap();
+        let opts = GcOptions {
+            grace: Duration::from_secs(3600),
+            ..GcOptions::default()
+        };
+        let r = run(&s, &|_| false, opts).await.unwrap();
+        assert_eq!(r.blobs_deleted, 0, "younger than the grace");
+        let opts = GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        let r = run(&s, &|_| false, opts).await.unwrap();
+        assert_eq!(r.blobs_deleted, 1);
+        assert_eq!(r.deleted, vec![gone.to_string()]);
+        assert!(s.blobs.stat(&kept).await.unwrap().is_some());
+        assert!(s.blobs.stat(&gone).await.unwrap().is_none());
+    }
 }

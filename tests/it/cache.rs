@@ -553,7 +553,10 @@ fn config_file(dir: &Path, addr: &str, upstream: &str, cache: &str) -> std::path
 /// Every file under `blobs/` hashes to its name; returns (files, bytes).
 fn check_files(data: &Path) -> (usize, u64) {
     let (mut n, mut bytes) = (0, 0);
-    for alg in std::fs::read_dir(data.join("blobs")).expect("blobs").flatten() {
+    for alg in std::fs::read_dir(data.join("blobs"))
+        .expect("blobs")
+        .flatten()
+    {
         for prefix in std::fs::read_dir(alg.path()).expect("prefix").flatten() {
             for f in std::fs::read_dir(prefix.path()).expect("files").flatten() {
                 let body = std::fs::read(f.path()).expect("read");
@@ -618,7 +621,11 @@ async fn kill9_during_fills_then_restart_is_consistent() {
 
     let (server, _) = Proc::start(&config, &addr);
     let data = dir.path().join("data");
-    assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0, "temp files removed");
+    assert_eq!(
+        std::fs::read_dir(&tmp).expect("tmp").count(),
+        0,
+        "temp files removed"
+    );
     let (files, bytes) = check_files(&data);
     assert!(bytes <= 5 * MIB as u64, "{bytes}");
     // The index agrees with the files (after the background reconcile).

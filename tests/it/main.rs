@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod garbage;
+mod gc;
 mod interop;
 mod lifecycle;
 mod limits;

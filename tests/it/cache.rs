@@ -699,3 +699,68 @@ async fn restart_with_100k_cached_blobs_serves_within_two_seconds() {
     assert_eq!(fake.total_hits(), 0);
     drop(server);
 }
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-registry"))
+        .args(args)
+        .output()
+        .expect("run agent-registry");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_cache_stats_purge_gc_and_verify() {
+    let fake = FakeUpstream::start();
+    let srv = mirror(&fake, |_| {});
+    let http = Http::new(&srv.host());
+    let img = image(&fake, "cli", 200_000, 42);
+    pull(&http, &img).await;
+    settled(&srv, &img).await;
+    let url = srv.url("");
+    let (ok, out, err) = cli(&["cache", "stats", "--url", &url]);
+    assert!(ok, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(stats["entries"], 3, "{out}");
+    let (ok, out, err) = cli(&["gc", "--dry-run", "--url", &url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"dry_run\": true"), "{out}");
+
+    // verify: a flipped byte in the cached layer is found and quarantined.
+    let data = srv.data_dir().to_path_buf();
+    let layer: Digest = img.blobs[1].parse().expect("digest");
+    let path = srv.app.storage.blobs.path(&layer);
+    let mut bytes = std::fs::read(&path).expect("layer");
+    bytes[100] ^= 1;
+    std::fs::write(&path, bytes).expect("corrupt");
+    let dir = data.to_str().expect("utf-8 path");
+    let (ok, out, err) = cli(&["cache", "verify", "--data-dir", dir]);
+    assert!(!ok, "a corrupt object fails verify: {out}");
+    assert!(err.contains("quarantined"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["quarantined"], serde_json::json!([img.blobs[1]]));
+    assert!(report["checked"].as_u64().is_some_and(|n| n >= 3));
+    assert!(!path.exists());
+    assert!(data
+        .join("quarantine")
+        .join(format!("sha256-{}", layer.hex()))
+        .exists());
+    // The server notices the object is gone and fetches it again, verified.
+    let r = http
+        .get_hashed(&format!("/v2/cli/blobs/{layer}"), &[])
+        .await
+        .expect("body");
+    assert_eq!(r.digest, img.blobs[1]);
+    let (ok, out, err) = cli(&["cache", "verify", "--data-dir", dir]);
+    assert!(ok, "{out} {err}");
+
+    let (ok, out, err) = cli(&["cache", "purge", "--url", &url, "library/cli"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"tags\": 1"), "{out}");
+    let (ok, _, err) = cli(&["cache", "stats", "--url", "http://127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(err.contains("failed to connect"), "{err}");
+}

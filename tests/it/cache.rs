@@ -478,7 +478,6 @@ async fn a_full_disk_streams_through_says_so_and_recovers() {
 /// The server binary on a config file, killed on drop.
 struct Proc {
     child: std::process::Child,
-    addr: String,
 }
 
 impl Proc {
@@ -494,10 +493,7 @@ impl Proc {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn server");
-        let p = Proc {
-            child,
-            addr: addr.to_string(),
-        };
+        let p = Proc { child };
         let deadline = started + Duration::from_secs(30);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(addr) {

@@ -672,7 +672,10 @@ impl DiskTier {
                 .collect()
         };
         for d in &gone {
-            self.forget(d).await;
+            // Committed after the walk (a fill since the start) is not gone.
+            if !self.storage.blobs.path(d).exists() {
+                self.forget(d).await;
+            }
         }
         let mut adopted = 0;
         for (d, size) in files {
@@ -697,5 +700,101 @@ impl DiskTier {
             }
         }
         Ok((adopted, gone.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policy;
+
+    async fn setup(cap: u64, policy: Policy) -> (tempfile::TempDir, Arc<Storage>, Arc<DiskTier>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path()).unwrap());
+        let cfg = CacheConfig {
+            max_size: cap,
+            policy,
+            ..CacheConfig::default()
+        };
+        let tier = DiskTier::open(storage.clone(), MemoryTier::new(1 << 20), &cfg).unwrap();
+        (dir, storage, tier)
+    }
+
+    /// Stores `bytes` and admits them; returns the digest.
+    async fn put(
+        t: &Arc<DiskTier>,
+        s: &Storage,
+        bytes: &[u8],
+        kind: ObjKind,
+        refs: Vec<Digest>,
+    ) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        let r = t.reserve(bytes.len() as u64).await.expect("room");
+        s.blobs.put_bytes(&d, bytes).await.unwrap();
+        t.admit(&d, bytes.len() as u64, kind, refs, None, r).await;
+        d
+    }
+
+    fn exists(s: &Storage, d: &Digest) -> bool {
+        s.blobs.path(d).exists()
+    }
+
+    #[tokio::test]
+    async fn manifests_take_their_blobs_and_pinned_blobs_go_after() {
+        for policy in [Policy::Lru, Policy::S3Fifo] {
+            let (_dir, s, t) = setup(1000, policy).await;
+            let b1 = Digest::sha256_of(&[1u8; 300]);
+            let b2 = Digest::sha256_of(&[2u8; 300]);
+            let m = put(
+                &t,
+                &s,
+                b"manifest",
+                ObjKind::Manifest,
+                vec![b1.clone(), b2.clone()],
+            )
+            .await;
+            put(&t, &s, &[1u8; 300], ObjKind::Blob, vec![]).await;
+            put(&t, &s, &[2u8; 300], ObjKind::Blob, vec![]).await;
+            let pin = t.pin(&b1);
+            // 400 more bytes do not fit: the image is the only root; its unpinned blob
+            // goes with the manifest, the pinned one stays.
+            let r = t.reserve(400).await.expect("room after evicting the image");
+            assert!(!exists(&s, &m) && !exists(&s, &b2), "{policy:?}");
+            assert!(exists(&s, &b1), "a blob being read stays");
+            assert!(t.stats().bytes + 400 <= 1000);
+            drop(r);
+            // Everything left is pinned: no room for more than what is free.
+            assert!(t.reserve(800).await.is_none());
+            drop(pin);
+            assert!(t.reserve(800).await.is_some());
+            assert!(!exists(&s, &b1), "{policy:?}: goes once its reader is done");
+            assert_eq!(t.stats().entries, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn hosted_content_is_never_deleted_and_index_survives_reopen() {
+        let (dir, s, t) = setup(1000, Policy::S3Fifo).await;
+        let hosted = put(&t, &s, &[7u8; 600], ObjKind::Blob, vec![]).await;
+        s.meta
+            .link_blob("team/app", &hosted.to_string(), 600)
+            .await
+            .unwrap();
+        let other = put(&t, &s, &[8u8; 300], ObjKind::Blob, vec![]).await;
+        t.touch(&other);
+        t.flush().await;
+        // Reopen: contents come back.
+        let cfg = CacheConfig {
+            max_size: 1000,
+            ..CacheConfig::default()
+        };
+        let t2 = DiskTier::open(s.clone(), MemoryTier::new(1 << 20), &cfg).unwrap();
+        assert_eq!(t2.stats().entries, 2);
+        assert_eq!(t2.stats().bytes, 900);
+        drop(t);
+        assert!(t2.reserve(1000).await.is_some());
+        assert!(exists(&s, &hosted), "hosted bytes are never evicted");
+        assert!(!exists(&s, &other));
+        drop(dir);
     }
 }

@@ -699,6 +699,8 @@ impl DiskTier {
                 }
             }
         }
+        // The cap may have been lowered since the last run: enforce it now.
+        drop(self.reserve(0).await);
         Ok((adopted, gone.len()))
     }
 }

@@ -760,3 +760,89 @@ async fn cli_cache_stats_purge_gc_and_verify() {
     assert!(!ok);
     assert!(err.contains("failed to connect"), "{err}");
 }
+
+/// Runs `mount` with `args` on `dir`; panics on failure.
+fn mount(args: &[&str], dir: &Path) {
+    let ok = std::process::Command::new("mount")
+        .args(args)
+        .arg(dir)
+        .arg(dir)
+        .status()
+        .expect("mount")
+        .success();
+    assert!(ok, "mount {args:?} {}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_cache_directory_streams_through_and_recovers() {
+    let fake = FakeUpstream::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    // Root only (a bind mount), like the tmpfs test.
+    if tmpfs(root.path(), "64m").is_none() {
+        return;
+    }
+    let _unmount = Unmount(root.path().to_path_buf());
+    let url = fake.url();
+    let data = root.path().join("data");
+    let srv = TestServer::start_with(move |cfg| {
+        let mut up = UpstreamConfig::new("docker.io", &url);
+        up.library_prefix = true;
+        cfg.upstreams.retain(|u| u.name != "docker.io");
+        cfg.upstreams.push(up);
+        cfg.mirror.default_upstream = Some("docker.io".into());
+        cfg.storage.data_dir = data;
+        cfg.cache.memory.blob_threshold = 0;
+    });
+    let http = Http::new(&srv.host());
+    let cached = fake.add_blob("library/ro", random(MIB, 1));
+    let fresh = fake.add_blob("library/ro", random(MIB, 2));
+    let r = http
+        .get_hashed(&format!("/v2/ro/blobs/{cached}"), &[])
+        .await
+        .expect("body");
+    assert_eq!(r.digest, cached);
+    for _ in 0..200 {
+        if on_disk(&srv, &cached) && srv.app.mirror.fills.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The cache's write directory turns read-only (a bind mount of itself, remounted ro).
+    let tmp = srv.data_dir().join("tmp");
+    mount(&["--bind"], &tmp);
+    let _unbind = Unmount(tmp.clone());
+    mount(&["-o", "remount,bind,ro"], &tmp);
+    // Cached content is served; new content streams through, verified, not kept.
+    for d in [&cached, &fresh, &fresh] {
+        let r = http
+            .get_hashed(&format!("/v2/ro/blobs/{d}"), &[])
+            .await
+            .expect("served from a read-only cache");
+        assert_eq!(&r.digest, d);
+    }
+    assert!(srv.app.cache.stats().write_disabled);
+    assert!(!on_disk(&srv, &fresh));
+    // Writable again: the bind mount goes (a rename across it would fail with EXDEV).
+    let ok = std::process::Command::new("umount")
+        .arg(&tmp)
+        .status()
+        .expect("umount")
+        .success();
+    assert!(ok, "umount {}", tmp.display());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .get_hashed(&format!("/v2/ro/blobs/{fresh}"), &[])
+            .await
+            .expect("body");
+        assert_eq!(r.digest, fresh);
+        if on_disk(&srv, &fresh) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", srv.app.cache.stats());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!srv.app.cache.stats().write_disabled);
+    drop(srv);
+}

@@ -846,3 +846,74 @@ async fn a_read_only_cache_directory_streams_through_and_recovers() {
     assert!(!srv.app.cache.stats().write_disabled);
     drop(srv);
 }
+
+/// `skopeo copy src dest` (TLS verification off: the registries here are plain HTTP).
+fn skopeo_copy(src: &str, dest: &str) {
+    use crate::support::tools;
+    let mut cmd = tools::command("skopeo");
+    cmd.args([
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        src,
+        dest,
+    ]);
+    tools::run(&mut cmd);
+}
+
+#[test]
+fn skopeo_pulls_through_a_capped_cache_in_front_of_distribution() {
+    use crate::support::{distribution::Distribution, image, tools};
+    if !tools::require("skopeo") {
+        return;
+    }
+    let Some(dist) = Distribution::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    let images: Vec<_> = (0..6u64)
+        .map(|i| {
+            let tag = format!("v{i}");
+            let info = image::single_image(&layout, &tag, 70 + i, &[500_000, 200_000]);
+            skopeo_copy(
+                &format!("oci:{}:{tag}", layout.display()),
+                &format!("docker://{}/library/app{i}:v1", dist.host()),
+            );
+            info
+        })
+        .collect();
+    let cap = 2 * MIB as u64;
+    let url = dist.url();
+    let srv = TestServer::start_with(move |cfg| {
+        let mut up = UpstreamConfig::new("docker.io", &url);
+        up.library_prefix = true;
+        cfg.upstreams.retain(|u| u.name != "docker.io");
+        cfg.upstreams.push(up);
+        cfg.mirror.default_upstream = Some("docker.io".into());
+        cfg.cache.max_size = cap;
+    });
+    // Every image twice: evicted ones come from distribution again, byte for byte.
+    for round in 0..2 {
+        for (i, info) in images.iter().enumerate() {
+            let out = work.path().join(format!("out{round}-{i}"));
+            skopeo_copy(
+                &format!("docker://{}/app{i}:v1", srv.host()),
+                &format!("oci:{}:out", out.display()),
+            );
+            let got = image::tagged_descriptor(&out, "out")["digest"]
+                .as_str()
+                .expect("digest")
+                .to_string();
+            assert_eq!(got, info.manifest_digest);
+            for (d, _) in &info.blobs {
+                assert_eq!(image::read_blob(&out, d), image::read_blob(&layout, d));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let bytes = disk_bytes(srv.data_dir());
+            assert!(bytes <= cap, "{bytes} bytes on disk over {cap}");
+        }
+    }
+    let stats = srv.app.cache.stats();
+    assert!(stats.evictions > 0 && stats.bytes <= cap, "{stats:?}");
+}

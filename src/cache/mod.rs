@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod disk;
 pub mod fill;
+mod index;
 pub mod memory;
 pub mod policy;
 pub mod write_state;

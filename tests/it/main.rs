@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod cache;
+mod cache_restart;
 mod cli;
 mod conformance;
 mod crash;

@@ -9,7 +9,8 @@
 //! keys are checked against `upstream::template` (see `upstream.rs`).
 //!
 //! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
-//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `upstream.rs`
+//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `cache.rs` (`[cache]`,
+//! whose `strategies` list is folded into a table before merging), `upstream.rs`
 //! (`[mirror]`, `[upstreams]`, `--upstream`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 

@@ -550,7 +550,18 @@ impl DiskTier {
             // the file goes.
             match self.reserve(size).await {
                 Some(r) => {
-                    self.admit(&d, size, kind, Vec::new(), None, r).await;
+                    // A manifest's references come from its bytes, so its image stays
+                    // whole under eviction as if it had been admitted by a pull.
+                    let refs = match kind {
+                        ObjKind::Manifest => tokio::fs::read(self.storage.blobs.path(&d))
+                            .await
+                            .ok()
+                            .and_then(|b| crate::oci::manifest::parse(&b, "").ok())
+                            .map(|i| i.blobs.into_iter().chain(i.children).collect())
+                            .unwrap_or_default(),
+                        ObjKind::Blob => Vec::new(),
+                    };
+                    self.admit(&d, size, kind, refs, None, r).await;
                     adopted += 1;
                 }
                 None => {

@@ -383,9 +383,11 @@ struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
+        // Quiet: the guard may find it unmounted already.
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }

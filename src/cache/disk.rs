@@ -645,6 +645,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reconcile_adopts_unindexed_files_whole_and_forgets_missing_ones() {
+        let (_dir, s, t) = setup(10_000, Policy::Lru).await;
+        // As a crash between rename and index row leaves them: a blob and the manifest
+        // that references it, files only (plus the mirror's media type row).
+        let blob = [5u8; 500];
+        let b = Digest::sha256_of(&blob);
+        s.blobs.put_bytes(&b, &blob).await.unwrap();
+        let m_bytes = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{b}","size":500}},"layers":[]}}"#
+        );
+        let m = Digest::sha256_of(m_bytes.as_bytes());
+        s.blobs.put_bytes(&m, m_bytes.as_bytes()).await.unwrap();
+        s.meta
+            .put_mirror_manifest(
+                &m.to_string(),
+                "application/vnd.oci.image.manifest.v1+json",
+                m_bytes.len() as u64,
+            )
+            .await
+            .unwrap();
+        // And an index row whose file is gone.
+        let gone = put(&t, &s, b"gone", ObjKind::Blob, vec![]).await;
+        std::fs::remove_file(s.blobs.path(&gone)).unwrap();
+        assert_eq!(t.reconcile().await.unwrap(), (2, 1));
+        let st = t.stats();
+        assert_eq!((st.entries, st.manifests), (2, 1));
+        assert_eq!(st.bytes, 500 + m_bytes.len() as u64);
+        // The adopted manifest carries its blob: the manifest is the only root, so
+        // freeing a single byte evicts the whole image.
+        assert!(t.reserve(10_000 - st.bytes + 1).await.is_some());
+        assert!(!exists(&s, &m) && !exists(&s, &b));
+    }
+
+    #[tokio::test]
     async fn hosted_content_is_never_deleted_and_index_survives_reopen() {
         let (dir, s, t) = setup(1000, Policy::S3Fifo).await;
         let hosted = put(&t, &s, &[7u8; 600], ObjKind::Blob, vec![]).await;

@@ -3,12 +3,10 @@
 
 use crate::auth::{Auth, AuthError, Identity, RepoKind};
 use crate::cache::memory::MemoryTier;
+use crate::cache::DiskTier;
 use crate::config::{Action, Config, HostedWrites};
 use crate::error::{Error, Result};
 use crate::mirror::{self, Mirror, Proxy, Target};
-
-/// The memory tier's byte cap (becomes `cache.memory.max_size` with the cache settings).
-const MEMORY_TIER_BYTES: u64 = 256 << 20;
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::body::{error_response, Body, BoxError, ReqBody};
 use crate::server::router::{self, Route};
@@ -32,8 +30,11 @@ pub struct App {
     mirror: ArcSwap<Mirror>,
     /// Blob fills in flight, shared by every generation of `mirror`.
     pub fills: Arc<crate::cache::Fills>,
-    /// Small hot objects (manifests, tag rows) kept in RAM.
+    /// Small hot objects (manifests, tag rows, referrers, small blobs) kept in RAM,
+    /// capped at `cache.memory.max_size`.
     pub memory: MemoryTier,
+    /// The disk tier's index: what proxied content is cached, capped at `cache.max_size`.
+    pub cache: Arc<DiskTier>,
     /// Per-client request rate limits (`[limits]`); replaced by [`App::reload`].
     limits: ArcSwap<crate::server::limits::Limits>,
     /// The reloadable sections as last loaded.
@@ -101,13 +102,19 @@ impl App {
         let mirror = Mirror::new(&config)?;
         let limits = crate::server::limits::Limits::new(&config.limits);
         let auth = Auth::new(&config.auth, &config.storage.data_dir).map_err(StartError::Auth)?;
+        let memory = MemoryTier::new(config.cache.memory.max_size);
+        let cache = DiskTier::open(storage.clone(), memory.clone(), &config.cache)
+            .map_err(crate::storage::StorageError::from)?;
+        let fills = Arc::new(crate::cache::Fills::default());
+        fills.attach(cache.clone());
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(config.clone()),
             config,
             storage,
             mirror: ArcSwap::from_pointee(mirror),
-            fills: Arc::new(crate::cache::Fills::default()),
-            memory: MemoryTier::new(MEMORY_TIER_BYTES),
+            fills,
+            memory,
+            cache,
             limits: ArcSwap::from_pointee(limits),
             auth: Arc::new(auth),
             draining: AtomicBool::new(false),
@@ -151,6 +158,9 @@ impl App {
         }
         if new.log != old.log {
             restart.push("log");
+        }
+        if new.cache != old.cache {
+            restart.push("cache");
         }
         if new.tls.enabled != old.tls.enabled || new.tls.client_ca_file != old.tls.client_ca_file {
             restart.push("tls");

@@ -56,6 +56,21 @@ enum Command {
     },
     /// Read a password from stdin and print its bcrypt hash for auth.users or htpasswd.
     HashPassword,
+    /// The cache: stats and purge ask the running server; verify checks the data directory.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Garbage-collect hosted repositories in the running server and print what was freed.
+    Gc {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Report what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +101,41 @@ enum TokenCommand {
         #[command(flatten)]
         config: ConfigArg,
         id: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct AdminArg {
+    /// The server's URL (default: server.listen of the config, on loopback).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Print the cache's statistics (GET /admin/cache/stats).
+    Stats {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Remove a digest, or a proxied repository's tags and images, from the cache.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        admin: AdminArg,
+        /// A digest (sha256:...) or a repository (library/alpine, docker.io/library/alpine).
+        target: String,
+    },
+    /// Rehash every stored object; move those that no longer match to quarantine/.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Data directory, overrides storage.data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -353,6 +403,47 @@ fn hash_password() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `f` on a small runtime (the admin and verify commands).
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
+}
+
+fn admin(
+    config: &ConfigArg,
+    url: &AdminArg,
+    method: http::Method,
+    path: &str,
+) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let base = agent_registry::cli::server_admin::base_url(&cfg, url.url.as_deref());
+    block_on(async {
+        println!(
+            "{}",
+            agent_registry::cli::server_admin::call(&cfg, &base, method, path).await?
+        );
+        Ok(())
+    })
+}
+
+fn verify(config: &ConfigArg, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let dir = data_dir.unwrap_or(cfg.storage.data_dir);
+    block_on(async {
+        let report = agent_registry::cache::admin::verify(&dir)
+            .await
+            .with_context(|| format!("verifying {}", dir.display()))?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        match report.quarantined.len() {
+            0 => Ok(()),
+            n => anyhow::bail!("{n} objects did not match their digest and were quarantined"),
+        }
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -387,6 +478,34 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Token { command } => token_command(command),
         Command::HashPassword => hash_password(),
+        Command::Cache { command } => match command {
+            CacheCommand::Stats { config, admin: a } => {
+                admin(&config, &a, http::Method::GET, "/admin/cache/stats")
+            }
+            CacheCommand::Purge {
+                config,
+                admin: a,
+                target,
+            } => admin(
+                &config,
+                &a,
+                http::Method::POST,
+                &agent_registry::cli::server_admin::purge_path(&target),
+            ),
+            CacheCommand::Verify { config, data_dir } => verify(&config, data_dir),
+        },
+        Command::Gc {
+            config,
+            dry_run,
+            admin: a,
+        } => {
+            let path = if dry_run {
+                "/admin/gc?dry_run=1"
+            } else {
+                "/admin/gc"
+            };
+            admin(&config, &a, http::Method::POST, path)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

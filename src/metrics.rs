@@ -34,6 +34,12 @@ pub const STORAGE_USED_BYTES: &str = "agent_registry_storage_used_bytes";
 pub const STORAGE_FREE_BYTES: &str = "agent_registry_storage_free_bytes";
 pub const CACHE_ENTRIES: &str = "agent_registry_cache_entries";
 pub const CACHE_BYTES: &str = "agent_registry_cache_bytes";
+pub const CACHE_MAX_BYTES: &str = "agent_registry_cache_max_bytes";
+pub const CACHE_EVICTIONS_TOTAL: &str = "agent_registry_cache_evictions_total";
+pub const CACHE_EVICTED_BYTES_TOTAL: &str = "agent_registry_cache_evicted_bytes_total";
+pub const CACHE_WRITE_DISABLED: &str = "agent_registry_cache_write_disabled";
+pub const GC_RUNS_TOTAL: &str = "agent_registry_gc_runs_total";
+pub const GC_FREED_BYTES_TOTAL: &str = "agent_registry_gc_freed_bytes_total";
 pub const RATE_LIMITED_TOTAL: &str = "agent_registry_rate_limited_total";
 pub const AUTH_FAILURES_TOTAL: &str = "agent_registry_auth_failures_total";
 pub const AUTH_DENIED_TOTAL: &str = "agent_registry_auth_denied_total";
@@ -95,7 +101,7 @@ pub const ALL: &[Def] = &[
     def(FILL_WAITERS_TOTAL, C, Unit::Count, &[],
         "Requests that joined a fill already in progress instead of fetching again"),
     def(FILL_FAILURES_TOTAL, C, Unit::Count, &["reason"],
-        "Blob fills that failed, by reason (not_found, unavailable, mismatch, internal)"),
+        "Blob fills that failed, by reason (not_found, unavailable, mismatch, internal, no_space)"),
     def(PUSH_OPERATIONS_TOTAL, C, Unit::Count, &[],
         "Successful manifest PUTs"),
     def(PULL_OPERATIONS_TOTAL, C, Unit::Count, &[],
@@ -108,6 +114,18 @@ pub const ALL: &[Def] = &[
         "Entries held by a cache tier"),
     def(CACHE_BYTES, G, Unit::Bytes, &["tier"],
         "Bytes held by a cache tier"),
+    def(CACHE_MAX_BYTES, G, Unit::Bytes, &["tier"],
+        "The byte cap of a cache tier (cache.max_size, cache.memory.max_size)"),
+    def(CACHE_EVICTIONS_TOTAL, C, Unit::Count, &["tier"],
+        "Objects evicted or purged from the disk tier"),
+    def(CACHE_EVICTED_BYTES_TOTAL, C, Unit::Bytes, &["tier"],
+        "Bytes evicted or purged from the disk tier"),
+    def(CACHE_WRITE_DISABLED, G, Unit::Count, &[],
+        "1 while the cache cannot write (full disk, read-only directory) and serves through without caching"),
+    def(GC_RUNS_TOTAL, C, Unit::Count, &["mode"],
+        "Garbage collections of hosted repositories, by mode (run, dry_run)"),
+    def(GC_FREED_BYTES_TOTAL, C, Unit::Bytes, &[],
+        "Bytes of hosted blobs and manifests deleted by garbage collection"),
     def(RATE_LIMITED_TOTAL, C, Unit::Count, &[],
         "Requests refused by the rate limiter"),
     def(AUTH_FAILURES_TOTAL, C, Unit::Count, &["reason"],
@@ -178,6 +196,22 @@ fn describe() {
         counter!(name).increment(0);
     }
     gauge!(FILLS_IN_FLIGHT).increment(0.0);
+    gauge!(CACHE_WRITE_DISABLED).set(0.0);
+    counter!(GC_FREED_BYTES_TOTAL).increment(0);
+}
+
+/// The cache stopped (true) or resumed (false) writing.
+pub fn cache_write_disabled(disabled: bool) {
+    gauge!(CACHE_WRITE_DISABLED).set(if disabled { 1.0 } else { 0.0 });
+}
+
+/// A garbage collection finished.
+pub fn gc_run(dry_run: bool, freed_bytes: u64) {
+    let mode = if dry_run { "dry_run" } else { "run" };
+    counter!(GC_RUNS_TOTAL, "mode" => mode).increment(1);
+    if !dry_run {
+        counter!(GC_FREED_BYTES_TOTAL).increment(freed_bytes);
+    }
 }
 
 /// Time since the recorder was installed (the server's start).
@@ -328,6 +362,7 @@ pub fn fill_finished(failure: Option<FillErrorKind>) {
             FillErrorKind::Unavailable => "unavailable",
             FillErrorKind::Mismatch => "mismatch",
             FillErrorKind::Internal => "internal",
+            FillErrorKind::NoSpace => "no_space",
         };
         counter!(FILL_FAILURES_TOTAL, "reason" => reason).increment(1);
     }
@@ -393,9 +428,16 @@ pub fn render(app: &App) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "statvfs of the data directory failed"),
     }
-    let (entries, bytes) = app.memory.stats();
-    gauge!(CACHE_ENTRIES, "tier" => "memory").set(entries as f64);
-    gauge!(CACHE_BYTES, "tier" => "memory").set(bytes as f64);
+    let s = app.cache.stats();
+    gauge!(CACHE_ENTRIES, "tier" => "memory").set(s.memory_entries as f64);
+    gauge!(CACHE_BYTES, "tier" => "memory").set(s.memory_bytes as f64);
+    gauge!(CACHE_MAX_BYTES, "tier" => "memory").set(s.memory_max_bytes as f64);
+    gauge!(CACHE_ENTRIES, "tier" => "disk").set(s.entries as f64);
+    gauge!(CACHE_BYTES, "tier" => "disk").set(s.bytes as f64);
+    gauge!(CACHE_MAX_BYTES, "tier" => "disk").set(s.max_bytes as f64);
+    counter!(CACHE_EVICTIONS_TOTAL, "tier" => "disk").absolute(s.evictions);
+    counter!(CACHE_EVICTED_BYTES_TOTAL, "tier" => "disk").absolute(s.evicted_bytes);
+    gauge!(CACHE_WRITE_DISABLED).set(if s.write_disabled { 1.0 } else { 0.0 });
     handle.render()
 }
 

@@ -721,6 +721,26 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     bcrypt::hash(pw, 10).unwrap_or_default()
 });
 
+/// A five-minute admin token signed with the server's key, for the server's own CLI
+/// (`agent-registry cache|gc` run by whoever can read the data directory).
+pub fn admin_token(keys: &jwt::Keys, service: &str) -> String {
+    let now = store::now_secs();
+    keys.sign(&jwt::Claims {
+        iss: service.to_string(),
+        sub: "agent-registry-cli".into(),
+        aud: service.to_string(),
+        exp: now + 300,
+        nbf: now,
+        iat: now,
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+        access: vec![jwt::Access {
+            kind: "registry".into(),
+            name: "*".into(),
+            actions: vec!["*".into()],
+        }],
+    })
+}
+
 /// Makes a bcrypt hash (cost 12) for config or htpasswd.
 pub fn hash_password(password: &str) -> Result<String, String> {
     bcrypt::hash(password, 12).map_err(|e| e.to_string())

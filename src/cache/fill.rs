@@ -9,6 +9,7 @@
 //! source is reopened at the current offset (a Range request upstream) a few times
 //! before the fill fails. A reader that goes away does not stop the fill.
 
+use super::disk::{DiskTier, ObjKind};
 use crate::oci::Digest;
 use crate::storage::{Commit, Storage};
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -38,6 +39,9 @@ pub enum FillErrorKind {
     Mismatch,
     /// This side failed (disk).
     Internal,
+    /// The cache's filesystem has no room for the blob; reported before any reader got
+    /// a byte, so readers can stream it through instead.
+    NoSpace,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,15 +85,23 @@ pub struct Fill {
     pub digest: Digest,
     file: Arc<std::fs::File>,
     progress: watch::Receiver<Progress>,
+    tier: Option<Arc<DiskTier>>,
 }
 
 /// The table of fills in progress, one per digest.
 #[derive(Default)]
 pub struct Fills {
     inner: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// The disk tier that admits what fills commit (none in unit tests: commit all).
+    tier: OnceLock<Arc<DiskTier>>,
 }
 
 impl Fills {
+    /// Commits from now on go through `tier` (room reserved first, then admitted).
+    pub fn attach(&self, tier: Arc<DiskTier>) {
+        let _ = self.tier.set(tier);
+    }
+
     /// Joins the fill of `digest`, starting it with `source` if none is running.
     /// Returns the fill and whether this call started it.
     pub async fn join(
@@ -104,13 +116,20 @@ impl Fills {
         }
         let internal =
             |e: io::Error| FillError::new(FillErrorKind::Internal, format!("cache temp file: {e}"));
-        let temp = storage.blobs.temp().await.map_err(internal)?;
+        let tier = self.tier.get().cloned();
+        let temp = storage.blobs.temp().await.map_err(|e| {
+            if let Some(t) = &tier {
+                t.write.failed(&e);
+            }
+            internal(e)
+        })?;
         let file = std::fs::File::open(temp.path()).map_err(internal)?;
         let (tx, rx) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
             digest: digest.clone(),
             file: Arc::new(file),
             progress: rx,
+            tier: tier.clone(),
         });
         {
             let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,7 +143,7 @@ impl Fills {
         }
         let (fills, storage, digest) = (self.clone(), storage.clone(), digest.clone());
         tokio::spawn(async move {
-            let outcome = run(&storage, &digest, source, temp, &tx).await;
+            let outcome = run(&storage, &digest, source, temp, &tx, tier).await;
             // Remove from the table only after the commit, so a new reader finds either
             // this fill or the committed blob.
             fills
@@ -166,8 +185,13 @@ async fn run(
     source: Source,
     mut temp: crate::storage::TempBlob,
     tx: &watch::Sender<Progress>,
+    tier: Option<Arc<DiskTier>>,
 ) -> Result<(), FillError> {
+    // Nothing evicts this digest while it is being filled.
+    let _pin = tier.as_ref().map(|t| t.pin(digest));
+    let mut reservation = None;
     let mut hasher = digest.algorithm().hasher();
+    let mut checksum = blake3::Hasher::new();
     let mut total: Option<u64> = None;
     let mut resumes = 0;
     loop {
@@ -176,10 +200,23 @@ async fn run(
             Ok(opened) => {
                 if written == 0 {
                     total = opened.total;
+                    if let (Some(t), Some(tier)) = (total, &tier) {
+                        if !tier.write.has_room(t) {
+                            return Err(FillError::new(
+                                FillErrorKind::NoSpace,
+                                format!("blob {digest}: no room for {t} bytes in the cache"),
+                            ));
+                        }
+                    }
                     tx.send_modify(|p| {
                         p.started = true;
                         p.total = total;
                     });
+                    // Room for the whole blob before its bytes land, so the cache's
+                    // committed and reserved bytes stay under the cap.
+                    if let (Some(t), Some(tier)) = (total, &tier) {
+                        reservation = tier.reserve(t).await;
+                    }
                 }
                 let mut stream = opened.stream;
                 let mut broke = None;
@@ -225,9 +262,16 @@ async fn run(
                         Bytes::from(batch.concat())
                     };
                     hasher.update(&buf);
-                    temp.write(&buf).await.map_err(|e| {
-                        FillError::new(FillErrorKind::Internal, format!("cache write: {e}"))
-                    })?;
+                    checksum.update(&buf);
+                    if let Err(e) = temp.write(&buf).await {
+                        if let Some(t) = &tier {
+                            t.write.failed(&e);
+                        }
+                        return Err(FillError::new(
+                            FillErrorKind::Internal,
+                            format!("cache write: {e}"),
+                        ));
+                    }
                     let n = temp.len();
                     tx.send_modify(|p| p.written = n);
                 }
@@ -263,13 +307,43 @@ async fn run(
     // Verified: readers may have the last byte now; making the copy durable (fsync,
     // rename) does not hold up the clients.
     tx.send_modify(|p| p.outcome = Some(Ok(())));
+    let Some(tier) = tier else {
+        // No disk tier (unit tests): commit everything.
+        if let Err(e) = storage.blobs.commit_file(temp, digest, Some(hasher)).await {
+            tracing::warn!(digest = %digest, error = %e, "blob served but not cached");
+        }
+        return Ok(());
+    };
+    let reservation = match reservation {
+        Some(r) => Some(r),
+        None => tier.reserve(temp.len()).await,
+    };
+    let Some(reservation) = reservation else {
+        tracing::debug!(digest = %digest, size = temp.len(), "blob served but not cached: no room in the cache");
+        return Ok(());
+    };
     match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
-        Ok(Commit::Stored { .. }) => {}
+        Ok(Commit::Stored { size }) => {
+            let sum = checksum.finalize().to_hex().to_string();
+            tier.admit(
+                digest,
+                size,
+                ObjKind::Blob,
+                Vec::new(),
+                Some(sum),
+                reservation,
+            )
+            .await;
+        }
         // The clients got verified bytes; only the cached copy is lost (e.g. a full disk).
         Ok(Commit::Mismatch { actual }) => {
             tracing::error!(digest = %digest, actual = %actual, "blob changed on disk before commit; not cached")
         }
-        Err(e) => tracing::warn!(digest = %digest, error = %e, "blob served but not cached"),
+        Err(e) => {
+            if !tier.write.failed(&e) {
+                tracing::warn!(digest = %digest, error = %e, "blob served but not cached");
+            }
+        }
     }
     Ok(())
 }
@@ -304,8 +378,10 @@ impl Fill {
         start: u64,
         end: Option<u64>,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let state = (self.clone(), self.progress.clone(), start, false);
-        futures_util::stream::unfold(state, move |(fill, mut rx, pos, done)| async move {
+        // The reader's pin keeps the committed file from eviction until it is done.
+        let pin = self.tier.as_ref().map(|t| t.pin(&self.digest));
+        let state = (self.clone(), self.progress.clone(), start, false, pin);
+        futures_util::stream::unfold(state, move |(fill, mut rx, pos, done, pin)| async move {
             if done {
                 return None;
             }
@@ -316,7 +392,7 @@ impl Fill {
                 };
                 if let Some(Err(e)) = &outcome {
                     let err = io::Error::other(e.message.clone());
-                    return Some((Err(err), (fill, rx, pos, true)));
+                    return Some((Err(err), (fill, rx, pos, true, pin)));
                 }
                 let limit = end.or(total);
                 if limit.is_some_and(|l| pos >= l) {
@@ -342,9 +418,9 @@ impl Fill {
                     return match read {
                         Ok(b) => {
                             let next = pos + b.len() as u64;
-                            Some((Ok(b), (fill, rx, next, false)))
+                            Some((Ok(b), (fill, rx, next, false, pin)))
                         }
-                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                        Err(e) => Some((Err(e), (fill, rx, pos, true, pin))),
                     };
                 }
                 if matches!(outcome, Some(Ok(()))) && pos >= written {
@@ -354,7 +430,7 @@ impl Fill {
                 if rx.changed().await.is_err() {
                     return Some((
                         Err(io::Error::other("fill ended without an outcome")),
-                        (fill, rx, pos, true),
+                        (fill, rx, pos, true, pin),
                     ));
                 }
             }

@@ -3,9 +3,11 @@
 //! (W-TinyLFU admission, so a scan of one-off manifests does not flush the hot set),
 //! capped at `max_bytes`.
 //!
-//! What lives here: manifests by digest (bytes + media type; immutable, never stale) and
-//! the mirror's tag -> digest rows (each carries its fetch time; freshness is decided by
-//! the caller exactly as for the SQLite copy, which stays the source of truth).
+//! What lives here: manifests by digest (bytes + media type; immutable, never stale),
+//! the mirror's tag -> digest rows and referrers answers (each carries its fetch time;
+//! freshness is decided by the caller exactly as for the SQLite copy, which stays the
+//! source of truth), and proxied blobs up to `cache.memory.blob_threshold`. Upstream
+//! tokens are not here: `upstream/token.rs` keeps them per scope with their expiry.
 
 use crate::oci::Digest;
 use crate::storage::mirror_meta::TagRow;
@@ -15,13 +17,17 @@ use std::sync::Arc;
 #[derive(Clone, Hash, PartialEq, Eq)]
 enum Key {
     Manifest(Digest),
+    Blob(Digest),
     Tag(Arc<str>),
+    List(Arc<str>),
 }
 
 #[derive(Clone)]
 enum Value {
     Manifest(Arc<Manifest>),
+    Blob(Bytes),
     Tag(Arc<TagRow>),
+    List(Arc<(Bytes, i64)>),
 }
 
 /// A manifest's bytes with the media type it is served with.
@@ -30,6 +36,7 @@ pub struct Manifest {
     pub bytes: Bytes,
 }
 
+#[derive(Clone)]
 pub struct MemoryTier {
     cache: moka::sync::Cache<Key, Value>,
 }
@@ -47,12 +54,14 @@ impl MemoryTier {
             .max_capacity(max_bytes)
             .weigher(|k: &Key, v: &Value| {
                 let key = match k {
-                    Key::Manifest(_) => 0,
-                    Key::Tag(s) => s.len(),
+                    Key::Manifest(_) | Key::Blob(_) => 0,
+                    Key::Tag(s) | Key::List(s) => s.len(),
                 };
                 let val = match v {
                     Value::Manifest(m) => m.bytes.len() + m.media_type.len(),
+                    Value::Blob(b) => b.len(),
                     Value::Tag(t) => t.digest.len() + t.media_type.len(),
+                    Value::List(l) => l.0.len(),
                 };
                 u32::try_from(key + val)
                     .unwrap_or(u32::MAX)
@@ -77,6 +86,46 @@ impl MemoryTier {
         };
         self.cache
             .insert(Key::Manifest(d.clone()), Value::Manifest(Arc::new(m)));
+    }
+
+    pub fn remove_manifest(&self, d: &Digest) {
+        self.cache.invalidate(&Key::Manifest(d.clone()));
+    }
+
+    /// A small proxied blob (verified before it was put here).
+    pub fn blob(&self, d: &Digest) -> Option<Bytes> {
+        match self.cache.get(&Key::Blob(d.clone())) {
+            Some(Value::Blob(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn put_blob(&self, d: &Digest, bytes: Bytes) {
+        self.cache.insert(Key::Blob(d.clone()), Value::Blob(bytes));
+    }
+
+    pub fn remove_blob(&self, d: &Digest) {
+        self.cache.invalidate(&Key::Blob(d.clone()));
+    }
+
+    /// A list answer (referrers) with the time it was fetched.
+    pub fn list(&self, key: &str) -> Option<Arc<(Bytes, i64)>> {
+        match self.cache.get(&Key::List(key.into())) {
+            Some(Value::List(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn put_list(&self, key: &str, body: Bytes, fetched_ms: i64) {
+        self.cache.insert(
+            Key::List(key.into()),
+            Value::List(Arc::new((body, fetched_ms))),
+        );
+    }
+
+    /// Drops everything (after a purge).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
     }
 
     pub fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Option<Arc<TagRow>> {

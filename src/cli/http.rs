@@ -69,6 +69,11 @@ impl Client {
         self.request(Method::GET, path, None).await
     }
 
+    /// Sends `method` to `path` without a body.
+    pub async fn send(&self, method: Method, path: &str) -> anyhow::Result<Reply> {
+        self.request(method, path, None).await
+    }
+
     /// Sends `method` to `path` with an optional JSON body.
     pub async fn request(
         &self,

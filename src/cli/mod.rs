@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod creds;
 pub mod http;
+pub mod server_admin;
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand};

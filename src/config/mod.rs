@@ -9,11 +9,13 @@
 //! keys are checked against `upstream::template` (see `upstream.rs`).
 //!
 //! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
-//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `auth.rs` (`[auth]`), `upstream.rs`
-//! (`[mirror]`, `[upstreams]`, `--upstream`),
+//! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `auth.rs` (`[auth]`),
+//! `cache.rs` (`[cache]`, whose `strategies` list is folded into a table before merging),
+//! `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
 mod auth;
+mod cache;
 mod checks;
 mod limits;
 mod merge;
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use toml::Table;
 
 pub use auth::{check_bcrypt, Action, AuthConfig, RuleConfig, UserConfig, Visibility};
+pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use tls::{TlsConfig, TlsFileError};
@@ -60,6 +63,8 @@ pub struct Config {
     pub mirror: MirrorConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    /// `[cache]`: disk and memory tiers, strategies, garbage collection.
+    pub cache: CacheConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// `"embedded default"` or the path of the file it was loaded from.
@@ -224,6 +229,7 @@ struct RawConfig {
     mirror: RawMirror,
     limits: limits::RawLimits,
     auth: auth::RawAuth,
+    cache: cache::RawCache,
     upstreams: BTreeMap<String, ShownUpstream>,
 }
 
@@ -290,6 +296,7 @@ impl Config {
         let template = upstream::template();
         upstream::complete_defaults(&mut default, &template);
         let mut user = parse_table(text, &label)?;
+        cache::normalize(&mut user, &label)?;
         for (key, value) in user.iter_mut() {
             expand_value(value, key, env, &label)?;
         }
@@ -355,6 +362,7 @@ impl Config {
             mirror,
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            cache: CacheConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             origin: EMBEDDED.into(),
         }
@@ -392,6 +400,7 @@ impl Config {
             mirror: upstream::show_mirror(&self.mirror),
             limits: limits::show_limits(&self.limits),
             auth: auth::show_auth(&self.auth),
+            cache: cache::show_cache(&self.cache),
             upstreams: upstream::show_upstreams(&self.upstreams),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
@@ -460,6 +469,7 @@ impl Config {
         let tls = tls::build_tls(o.section(&mut table, "tls")?, o)?;
         let limits = limits::build_limits(o.section(&mut table, "limits")?, o)?;
         let auth = auth::build_auth(o.section(&mut table, "auth")?, o)?;
+        let cache = cache::build_cache(o.section(&mut table, "cache")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
@@ -472,6 +482,7 @@ impl Config {
             mirror,
             limits,
             auth,
+            cache,
             upstreams,
             origin: origin.to_string(),
         })

@@ -1,18 +1,24 @@
-//! Proxied blobs. A blob on disk is served from disk (shared by digest across every
-//! repository and upstream). A missing one joins the single-flight fill of its digest:
+//! Proxied blobs. A small blob in the memory tier is served from memory; a blob on disk
+//! from disk (shared by digest across every repository and upstream), pinned against
+//! eviction while it streams. A missing one joins the single-flight fill of its digest:
 //! the first client starts it, every other client (Range requests included) reads the
 //! same in-progress fill as bytes arrive, and the bytes are committed only if they match.
+//! With layer caching off, or while the cache cannot write (full disk, read-only
+//! directory), blobs stream straight through from the upstream (`bypass`), verified.
 
 use super::{upstream_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
 use crate::cache::{FillError, FillErrorKind, Opened, Source};
 use crate::error::{Error, Result};
+use crate::metrics::Source as Served;
 use crate::oci::{Digest, ErrorCode};
 use crate::server::blobs::{
     blob_headers, parse_digest, parse_range, serve_file, unsatisfiable, RangeReq,
 };
 use crate::server::body::{status, stream, Body};
 use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use std::sync::Arc;
@@ -26,28 +32,61 @@ pub async fn get(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>> {
     let digest = parse_digest(d)?;
-    if let Some(r) = serve_file(app, &digest, headers, head).await? {
-        ctx.cache = CacheStatus::Hit;
-        return Ok(r);
+    let layers = app.config.cache.effective().layers;
+    if layers {
+        if let Some(b) = app.memory.blob(&digest) {
+            ctx.cache = CacheStatus::Hit;
+            ctx.served_from = Some(Served::Memory);
+            app.cache.touch(&digest);
+            return Ok(from_memory(&digest, b, headers, head));
+        }
+        let pin = app.cache.pin(&digest);
+        if let Some(r) = serve_file(app, &digest, headers, head, Some(pin)).await? {
+            ctx.cache = CacheStatus::Hit;
+            app.cache.touch(&digest);
+            keep_small_in_memory(app, &digest, &r);
+            return Ok(r);
+        }
+        if app.cache.contains(&digest) {
+            // Indexed but the file is gone (quarantined, removed by hand).
+            app.cache.forget(&digest).await;
+        }
     }
     if head && app.fills.get(&digest).is_none() {
         ctx.cache = CacheStatus::Bypass;
         return head_upstream(p, &digest).await;
     }
-    let (fill, started) = app
+    if !layers || !app.cache.write.writable() {
+        ctx.cache = CacheStatus::Bypass;
+        return bypass(p, &digest, headers, head).await;
+    }
+    let (fill, started) = match app
         .fills
         .join(&app.storage, &digest, source(p, &digest))
         .await
-        .map_err(|e| fill_error(p, &digest, e))?;
+    {
+        Ok(f) => f,
+        // The temp file could not be made: the cache cannot write; stream through.
+        Err(e) if e.kind == FillErrorKind::Internal && !app.cache.write.writable() => {
+            ctx.cache = CacheStatus::Bypass;
+            return bypass(p, &digest, headers, head).await;
+        }
+        Err(e) => return Err(fill_error(p, &digest, e)),
+    };
     ctx.cache = if started {
         CacheStatus::Miss
     } else {
         CacheStatus::Coalesced
     };
-    let total = fill
-        .started()
-        .await
-        .map_err(|e| fill_error(p, &digest, e))?;
+    let total = match fill.started().await {
+        Ok(t) => t,
+        // No room on the cache's disk: nobody got a byte yet; stream it through.
+        Err(e) if e.kind == FillErrorKind::NoSpace => {
+            ctx.cache = CacheStatus::Bypass;
+            return bypass(p, &digest, headers, head).await;
+        }
+        Err(e) => return Err(fill_error(p, &digest, e)),
+    };
     let Some(size) = total else {
         // No length from the upstream: stream the whole blob, chunked.
         let mut r = Response::new(stream(fill.reader(0, None)));
@@ -74,6 +113,151 @@ pub async fn get(
     };
     blob_headers(&mut r, &digest, code, start, len, size);
     Ok(r)
+}
+
+/// A small blob from the memory tier, with `Range`.
+fn from_memory(digest: &Digest, b: Bytes, headers: &HeaderMap, head: bool) -> Response<Body> {
+    let size = b.len() as u64;
+    let (code, start, len) = match parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    ) {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        RangeReq::Unsatisfiable => return unsatisfiable(size),
+    };
+    let mut r = if head {
+        status(code)
+    } else {
+        let part = b.slice(start as usize..(start + len) as usize);
+        let mut r = Response::new(stream(futures_util::stream::iter([Ok(part)])));
+        *r.status_mut() = code;
+        r
+    };
+    blob_headers(&mut r, digest, code, start, len, size);
+    r
+}
+
+/// After a disk hit on a whole blob under the memory threshold, loads it into the
+/// memory tier in the background (verified against its digest first).
+fn keep_small_in_memory(app: &Arc<App>, digest: &Digest, r: &Response<Body>) {
+    let threshold = app.config.cache.memory.blob_threshold;
+    let len = r
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if r.status() != StatusCode::OK || len.is_none_or(|l| l > threshold) {
+        return;
+    }
+    let (app, digest) = (app.clone(), digest.clone());
+    tokio::spawn(async move {
+        if let Ok(bytes) = tokio::fs::read(app.storage.blobs.path(&digest)).await {
+            if bytes.len() as u64 <= threshold && digest.matches(&bytes) {
+                app.memory.put_blob(&digest, bytes.into());
+            }
+        }
+    });
+}
+
+/// Streams a blob from the upstream without caching it. A whole body is hashed on the
+/// way and its last chunk held back until the digest matched, as for fills; a Range is
+/// asked of the upstream and passed on.
+async fn bypass(
+    p: &Proxy,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>> {
+    if head {
+        return head_upstream(p, digest).await;
+    }
+    let src = source(p, digest);
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let opened = src(0).await.map_err(|e| fill_error(p, digest, e))?;
+    let Some(size) = opened.total else {
+        let mut r = Response::new(stream(verified(opened.stream, digest.clone())));
+        r.headers_mut().insert(
+            "docker-content-digest",
+            crate::server::body::hv(&digest.to_string()),
+        );
+        return Ok(r);
+    };
+    let (code, start, len) = match parse_range(range, size) {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        RangeReq::Unsatisfiable => return Ok(unsatisfiable(size)),
+    };
+    let body = if code == StatusCode::OK {
+        stream(verified(opened.stream, digest.clone()))
+    } else {
+        // A part: reopen at the offset (the source skips bytes if the upstream ignores
+        // Range) and stop after `len` bytes.
+        drop(opened);
+        let part = src(start).await.map_err(|e| fill_error(p, digest, e))?;
+        stream(take(part.stream, len))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = code;
+    blob_headers(&mut r, digest, code, start, len, size);
+    Ok(r)
+}
+
+type Chunks = BoxStream<'static, std::result::Result<Bytes, FillError>>;
+
+/// The bytes of `s`, the last chunk held back until the whole body matched `digest`.
+fn verified(
+    s: Chunks,
+    digest: Digest,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let hasher = digest.algorithm().hasher();
+    let state = (s, Some(hasher), None::<Bytes>, digest);
+    futures_util::stream::unfold(state, |(mut s, hasher, held, digest)| async move {
+        let mut hasher = hasher?;
+        match s.next().await {
+            Some(Ok(b)) => {
+                hasher.update(&b);
+                // Pass on the previous chunk; hold this one.
+                match held {
+                    Some(prev) => Some((Ok(prev), (s, Some(hasher), Some(b), digest))),
+                    None => Some((Ok(Bytes::new()), (s, Some(hasher), Some(b), digest))),
+                }
+            }
+            Some(Err(e)) => Some((
+                Err(std::io::Error::other(e.message)),
+                (s, None, None, digest),
+            )),
+            None => {
+                if hasher.finish() != digest {
+                    let e = std::io::Error::other(format!(
+                        "blob {digest}: digest mismatch from upstream"
+                    ));
+                    return Some((Err(e), (s, None, None, digest)));
+                }
+                held.map(|b| (Ok(b), (s, None, None, digest)))
+            }
+        }
+    })
+    .filter(|c| std::future::ready(!matches!(c, Ok(b) if b.is_empty())))
+}
+
+/// At most `len` bytes of `s`.
+fn take(
+    s: Chunks,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold((s, len), |(mut s, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        match s.next().await? {
+            Ok(b) => {
+                let n = (b.len() as u64).min(left);
+                Some((Ok(b.slice(..n as usize)), (s, left - n)))
+            }
+            Err(e) => Some((Err(std::io::Error::other(e.message)), (s, 0))),
+        }
+    })
 }
 
 /// A HEAD for a blob we do not hold: ask the upstream, start nothing.
@@ -132,7 +316,7 @@ fn fill_error(p: &Proxy, digest: &Digest, e: FillError) -> Error {
                 e.message
             ),
         ),
-        FillErrorKind::Internal => Error::Internal(e.message),
+        FillErrorKind::Internal | FillErrorKind::NoSpace => Error::Internal(e.message),
     }
 }
 

@@ -66,10 +66,13 @@ pub async fn tags(
     };
     let what = format!("tags of {}", p.repo);
     let meta = &app.storage.meta;
+    let search = app.config.cache.effective().search;
     match fetch_list(p, &path, &what).await {
         Ok((body, link)) => {
-            meta.put_mirror_list(up.name(), &p.repo, "tags", query, body.to_vec())
-                .await?;
+            if search {
+                meta.put_mirror_list(up.name(), &p.repo, "tags", query, body.to_vec())
+                    .await?;
+            }
             ctx.cache = CacheStatus::Miss;
             let mut r = json_bytes(StatusCode::OK, body.to_vec(), "application/json");
             if let Some(l) = link {
@@ -87,7 +90,11 @@ pub async fn tags(
         }
         Err(FetchError::Upstream(e)) if e.is_unavailable() => {
             ctx.cache = CacheStatus::Stale;
-            if let Some((body, _)) = meta.mirror_list(up.name(), &p.repo, "tags", query).await? {
+            let last = match search {
+                true => meta.mirror_list(up.name(), &p.repo, "tags", query).await?,
+                false => None,
+            };
+            if let Some((body, _)) = last {
                 return Ok(stale(json_bytes(StatusCode::OK, body, "application/json")));
             }
             let tags = meta.mirror_tags(up.name(), &p.repo).await?;
@@ -128,9 +135,24 @@ pub async fn referrers(
     let query = uri.query().unwrap_or("");
     let key = format!("{digest}?{query}");
     let meta = &app.storage.meta;
-    let cached = meta
-        .mirror_list(up.name(), &p.repo, "referrers", &key)
-        .await?;
+    let search = app.config.cache.effective().search;
+    // Memory first, then SQLite; nothing when search caching is off.
+    let mem_key = format!("{}\0{}\0referrers\0{key}", up.name(), p.repo);
+    let cached = match (search, app.memory.list(&mem_key)) {
+        (false, _) => None,
+        (true, Some(l)) => Some((l.0.to_vec(), l.1)),
+        (true, None) => {
+            let row = meta
+                .mirror_list(up.name(), &p.repo, "referrers", &key)
+                .await?;
+            if let Some((body, at)) = &row {
+                app.memory
+                    .put_list(&mem_key, Bytes::from(body.clone()), *at);
+            }
+            row
+        }
+    };
+    let ttl = up.config().tag_ttl.min(app.config.cache.ttl);
     let filtered = query.contains("artifactType=");
     let respond = |body: Vec<u8>| {
         let mut r = json_bytes(StatusCode::OK, body, OCI_INDEX);
@@ -141,7 +163,7 @@ pub async fn referrers(
         r
     };
     if let Some((body, at)) = &cached {
-        if (now_ms().saturating_sub(*at) as u128) < up.config().tag_ttl.as_millis() {
+        if (now_ms().saturating_sub(*at) as u128) < ttl.as_millis() {
             ctx.cache = CacheStatus::Hit;
             return Ok(respond(body.clone()));
         }
@@ -153,8 +175,11 @@ pub async fn referrers(
     let what = format!("referrers of {digest} in {}", p.repo);
     match fetch_list(p, &path, &what).await {
         Ok((body, _)) => {
-            meta.put_mirror_list(up.name(), &p.repo, "referrers", &key, body.to_vec())
-                .await?;
+            if search {
+                meta.put_mirror_list(up.name(), &p.repo, "referrers", &key, body.to_vec())
+                    .await?;
+                app.memory.put_list(&mem_key, body.clone(), now_ms());
+            }
             ctx.cache = CacheStatus::Miss;
             Ok(respond(body.to_vec()))
         }

@@ -8,6 +8,7 @@
 use super::{upstream_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
 use crate::cache::memory::Manifest;
+use crate::cache::ObjKind;
 use crate::error::{Error, Result};
 use crate::metrics::Source;
 use crate::oci::{manifest, Digest, ErrorCode, Reference};
@@ -71,16 +72,26 @@ async fn by_digest(
     p: &Proxy,
     d: &Digest,
 ) -> Result<(Arc<Manifest>, CacheStatus, Option<Source>)> {
-    if let Some(m) = app.memory.manifest(d) {
+    let metadata = app.config.cache.effective().metadata;
+    if let Some(m) = app.memory.manifest(d).filter(|_| metadata) {
+        app.cache.touch(d);
         return Ok((m, CacheStatus::Hit, Some(Source::Memory)));
     }
-    if let Some((mt, _)) = app.storage.meta.mirror_manifest(&d.to_string()).await? {
+    let cached = match metadata {
+        true => app.storage.meta.mirror_manifest(&d.to_string()).await?,
+        false => None,
+    };
+    if let Some((mt, _)) = cached {
         if let Ok(bytes) = tokio::fs::read(app.storage.blobs.path(d)).await {
             if d.matches(&bytes) {
-                app.memory.put_manifest(d, &mt, bytes.into());
-                if let Some(m) = app.memory.manifest(d) {
-                    return Ok((m, CacheStatus::Hit, Some(Source::Disk)));
-                }
+                app.cache.touch(d);
+                let bytes = Bytes::from(bytes);
+                app.memory.put_manifest(d, &mt, bytes.clone());
+                let m = Arc::new(Manifest {
+                    media_type: mt,
+                    bytes,
+                });
+                return Ok((m, CacheStatus::Hit, Some(Source::Disk)));
             } else {
                 tracing::error!(digest = %d, "cached manifest does not match its digest; refetching");
             }
@@ -105,8 +116,12 @@ async fn by_digest(
     Ok((m, CacheStatus::Miss, None))
 }
 
-/// The tag row: memory first, then SQLite (which stays the source of truth).
+/// The tag row: memory first, then SQLite (which stays the source of truth). None when
+/// metadata caching is off.
 async fn tag_row(app: &App, p: &Proxy, tag: &str) -> Result<Option<TagRow>> {
+    if !app.config.cache.effective().metadata {
+        return Ok(None);
+    }
     let up = p.upstream.name();
     if let Some(row) = app.memory.tag(up, &p.repo, tag) {
         return Ok(Some((*row).clone()));
@@ -122,6 +137,9 @@ async fn tag_row(app: &App, p: &Proxy, tag: &str) -> Result<Option<TagRow>> {
 /// metadata is a cache: the client does not wait for its durability, and a row lost in a
 /// crash only costs a revalidation. Older rows never overwrite newer ones.
 async fn save_tag(app: &Arc<App>, p: &Proxy, tag: &str, row: &TagRow) -> Result<()> {
+    if !app.config.cache.effective().metadata {
+        return Ok(());
+    }
     let up = p.upstream.name().to_string();
     app.memory.put_tag(&up, &p.repo, tag, row.clone());
     let (app, repo, tag, row) = (app.clone(), p.repo.clone(), tag.to_string(), row.clone());
@@ -209,29 +227,53 @@ async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, St
         mt.split(';').next().unwrap_or("").trim().to_string()
     };
     // Verified: serve from memory now, make the disk copy in the background.
-    app.memory.put_manifest(&digest, &mt, bytes.clone());
-    let (bg, d, m, b) = (app.clone(), digest.clone(), mt.clone(), bytes.clone());
-    tokio::spawn(async move {
-        let stored = match bg.storage.blobs.put_bytes(&d, &b).await {
-            Ok(Commit::Stored { .. }) => true,
-            Ok(Commit::Mismatch { actual }) => {
-                tracing::error!(digest = %d, actual = %actual, "manifest bytes changed before caching");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(digest = %d, error = %e, "manifest served but not cached");
-                false
-            }
-        };
-        if stored {
-            let key = d.to_string();
-            let meta = &bg.storage.meta;
-            if let Err(e) = meta.put_mirror_manifest(&key, &m, b.len() as u64).await {
-                tracing::warn!(digest = %d, error = %e, "manifest media type not persisted");
-            }
-        }
-    });
+    if app.config.cache.effective().metadata {
+        app.memory.put_manifest(&digest, &mt, bytes.clone());
+        let (bg, d, m, b) = (app.clone(), digest.clone(), mt.clone(), bytes.clone());
+        tokio::spawn(async move { keep_on_disk(&bg, &d, &m, &b).await });
+    }
     Ok((digest, mt, bytes))
+}
+
+/// Stores a verified manifest in the disk tier, with what it references, so eviction
+/// takes its blobs only with or after it.
+async fn keep_on_disk(app: &Arc<App>, d: &Digest, mt: &str, b: &Bytes) {
+    if !app.cache.write.writable() {
+        return;
+    }
+    let refs = manifest::parse(b, mt)
+        .map(|i| i.blobs.into_iter().chain(i.children).collect())
+        .unwrap_or_default();
+    let Some(room) = app.cache.reserve(b.len() as u64).await else {
+        return;
+    };
+    match app.storage.blobs.put_bytes(d, b).await {
+        Ok(Commit::Stored { .. }) => {}
+        Ok(Commit::Mismatch { actual }) => {
+            tracing::error!(digest = %d, actual = %actual, "manifest bytes changed before caching");
+            return;
+        }
+        Err(e) => {
+            if !app.cache.write.failed(&e) {
+                tracing::warn!(digest = %d, error = %e, "manifest served but not cached");
+            }
+            return;
+        }
+    }
+    let key = d.to_string();
+    if let Err(e) = app
+        .storage
+        .meta
+        .put_mirror_manifest(&key, mt, b.len() as u64)
+        .await
+    {
+        tracing::warn!(digest = %d, error = %e, "manifest media type not persisted");
+        return;
+    }
+    let sum = blake3::hash(b).to_hex().to_string();
+    app.cache
+        .admit(d, b.len() as u64, ObjKind::Manifest, refs, Some(sum), room)
+        .await;
 }
 
 async fn by_tag(
@@ -245,9 +287,11 @@ async fn by_tag(
     let cfg = up.config();
     let cached = tag_row(app, p, tag).await?;
     let now = now_ms();
+    // cache.ttl bounds every upstream's tag_ttl.
+    let ttl = cfg.tag_ttl.min(app.config.cache.ttl);
     if let Some(row) = &cached {
         let age = now.saturating_sub(row.fetched_ms) as u128;
-        if age < cfg.tag_ttl.as_millis() || cfg.immutable_tags.iter().any(|re| re.is_match(tag)) {
+        if age < ttl.as_millis() || cfg.immutable_tags.iter().any(|re| re.is_match(tag)) {
             ctx.cache = CacheStatus::Hit;
             return serve_row(app, p, row, head, None, ctx).await;
         }
@@ -294,7 +338,7 @@ async fn by_tag(
         Err(e) if e.is_unavailable() => match &cached {
             Some(row)
                 if (now.saturating_sub(row.fetched_ms) as u128)
-                    < (cfg.tag_ttl + cfg.max_stale).as_millis() =>
+                    < (ttl + cfg.max_stale).as_millis() =>
             {
                 tracing::warn!(upstream = up.name(), repo = %p.repo, tag, error = %e, "upstream unavailable, serving stale tag");
                 ctx.cache = CacheStatus::Stale;

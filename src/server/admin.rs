@@ -7,6 +7,8 @@
 //! - `GET visibility?repo=`, `PUT visibility?repo=` with `{"visibility": "private"}`.
 //! - `GET access-logs?user=&since=24h&limit=`, `GET audit?user=&since=&limit=`.
 //! - `GET tokens[?user=]`, `POST tokens` `{"user", "scopes", "expires"}`, `DELETE tokens/<id>`.
+//! - `GET cache/stats`, `POST cache/purge?repo=|digest=`, `POST gc[?dry_run=1]`
+//!   (`admin_cache.rs`).
 
 use crate::app::{query, query_get, App, Ctx};
 use crate::auth::policy::{parse_scope, Actions, Subject};
@@ -15,6 +17,7 @@ use crate::auth::Identity;
 use crate::config::{parse_duration, Visibility};
 use crate::error::{Error, Result};
 use crate::oci::{ErrorCode, RepoName};
+use crate::server::admin_cache;
 use crate::server::body::{full, json, read_limited, Body, ReqBody};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -22,6 +25,19 @@ use serde_json::json;
 use std::sync::Arc;
 
 const MAX_BODY: u64 = 64 << 10;
+/// The admin endpoints (for 405 on a wrong method).
+const KNOWN: [&str; 10] = [
+    "whoami",
+    "config",
+    "permissions",
+    "visibility",
+    "access-logs",
+    "audit",
+    "tokens",
+    "cache/stats",
+    "cache/purge",
+    "gc",
+];
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 100_000;
 
@@ -45,6 +61,30 @@ pub async fn handle(
                 "admin": app.auth.is_admin(id),
             }),
         )),
+        ("cache/stats", &Method::GET) => admin_cache::stats(app),
+        ("cache/purge", &Method::POST) => {
+            let r = admin_cache::purge(app, req.uri()).await;
+            let target = req.uri().query().unwrap_or("");
+            app.auth.audit(
+                "cache_purged",
+                id.user.as_deref(),
+                Some(&client),
+                None,
+                Some(target),
+            );
+            r
+        }
+        ("gc", &Method::POST) => {
+            let r = admin_cache::gc(app, req.uri()).await;
+            app.auth.audit(
+                "gc",
+                id.user.as_deref(),
+                Some(&client),
+                None,
+                req.uri().query(),
+            );
+            r
+        }
         ("config", &Method::GET) => {
             let mut r = Response::new(full(app.config_snapshot().to_toml_redacted()));
             r.headers_mut().insert(
@@ -241,6 +281,11 @@ pub async fn handle(
             );
             Ok(json(StatusCode::OK, &json!({ "revoked": tid })))
         }
+        (p, m) if KNOWN.contains(&p) || p.starts_with("tokens/") => Err(Error::client(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            format!("method {m} not allowed on /admin/{p}"),
+        )),
         _ => Err(Error::not_found(
             ErrorCode::Unsupported,
             "no such admin endpoint",

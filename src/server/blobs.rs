@@ -78,17 +78,20 @@ pub async fn get(
     {
         return Err(unknown());
     }
-    serve_file(app, &digest, headers, head)
+    serve_file(app, &digest, headers, head, None)
         .await?
         .ok_or_else(unknown)
 }
 
 /// Serves a committed blob from disk, honouring `Range`. None if it is not on disk.
+/// The file is opened once and streamed from that handle, so an eviction that unlinks
+/// it mid-stream cannot cut the body; `pin` (a cache pin) lives as long as the body.
 pub async fn serve_file(
     app: &App,
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
+    pin: Option<crate::cache::Pin>,
 ) -> Result<Option<Response<Body>>> {
     let Some((mut file, size)) = app.storage.blobs.open_file(digest).await? else {
         return Ok(None);
@@ -110,6 +113,10 @@ pub async fn serve_file(
         }
         let reader = file.take(len);
         let s = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK);
+        let s = futures_util::StreamExt::map(s, move |c| {
+            let _held = &pin;
+            c
+        });
         let mut r = Response::new(stream(s));
         *r.status_mut() = code;
         r

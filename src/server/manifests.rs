@@ -178,6 +178,9 @@ pub async fn put(
     let meta = &app.storage.meta;
     let blobs: Vec<String> = info.blobs.iter().map(ToString::to_string).collect();
     let children: Vec<String> = info.children.iter().map(ToString::to_string).collect();
+    // From the check to the commit, no garbage collection or eviction deletes a file:
+    // a blob this manifest references cannot vanish under it.
+    let _write = app.storage.write_lock.read().await;
     let mut missing = meta.missing(name.as_str(), blobs.clone(), false).await?;
     missing.extend(meta.missing(name.as_str(), children.clone(), true).await?);
     if let Some(m) = missing.first() {

@@ -6,6 +6,7 @@
 //! `systemd.rs`. One file per resource next to this one.
 
 pub mod admin;
+pub mod admin_cache;
 pub mod blobs;
 pub mod body;
 pub mod health;
@@ -53,6 +54,7 @@ pub async fn serve(
     ));
     let purge = tokio::spawn(purge_uploads(app.clone()));
     app.auth.spawn_log_writer();
+    let cache_upkeep = tokio::spawn(crate::cache::admin::maintain(app.clone()));
     let reload = tls.clone().map(|t| tokio::spawn(t.watch_files()));
     let mut watchdog = systemd::watchdog_interval()
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
@@ -111,6 +113,7 @@ pub async fn serve(
     }
     app.set_draining();
     purge.abort();
+    cache_upkeep.abort();
     if let Some(reload) = reload {
         reload.abort();
     }
@@ -119,6 +122,8 @@ pub async fn serve(
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(cfg.drain_timeout) => tracing::warn!("drain deadline passed, closing"),
     }
+    // The cache's recency survives the restart.
+    app.cache.flush().await;
 }
 
 /// A plain or TLS connection.

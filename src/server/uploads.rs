@@ -102,6 +102,7 @@ pub async fn start(
                 None => storage.blobs.stat(&digest).await?,
             };
             // The file must be there too: a link without bytes is never mounted.
+            let _write = storage.write_lock.read().await;
             if let (Some(size), Some(_)) = (source, storage.blobs.stat(&digest).await?) {
                 storage.meta.link_blob(name.as_str(), &d, size).await?;
                 return Ok(created(name, &d));
@@ -111,14 +112,8 @@ pub async fn start(
     if let Some(d) = query_get(&q, "digest") {
         let digest = parse_digest(d)?;
         let body = data_stream(req.into_body());
-        return match storage.ingest(&digest, body).await? {
-            Ingest::Stored { size } => {
-                storage
-                    .meta
-                    .link_blob(name.as_str(), &digest.to_string(), size)
-                    .await?;
-                Ok(created(name, &digest.to_string()))
-            }
+        return match storage.ingest(&digest, body, Some(name.as_str())).await? {
+            Ingest::Stored { .. } => Ok(created(name, &digest.to_string())),
             Ingest::Mismatch { actual } => Err(Error::bad_request(
                 ErrorCode::DigestInvalid,
                 format!("digest mismatch: uploaded content has digest {actual}, not {digest}"),

@@ -39,6 +39,16 @@ impl FsBlobs {
         Ok(FsBlobs { root, tmp, uploads })
     }
 
+    /// The store under `data_dir` as it is: nothing created or removed (for tools that
+    /// run beside a server).
+    pub fn at(data_dir: &Path) -> FsBlobs {
+        FsBlobs {
+            root: data_dir.join("blobs"),
+            tmp: data_dir.join("tmp"),
+            uploads: data_dir.join("uploads"),
+        }
+    }
+
     /// The final path of a digest. Safe: a parsed digest is `alg:lowercase-hex` only.
     pub fn path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
@@ -65,6 +75,36 @@ impl FsBlobs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The directory of writes in progress.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Every committed object with its size (a walk of `blobs/`; names that are not a
+    /// digest are skipped).
+    pub async fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for alg in read_dir_or_empty(&root)? {
+                let alg = alg?;
+                let alg_name = alg.file_name().to_string_lossy().into_owned();
+                for prefix in read_dir_or_empty(&alg.path())? {
+                    for f in read_dir_or_empty(&prefix?.path())? {
+                        let f = f?;
+                        let name = format!("{alg_name}:{}", f.file_name().to_string_lossy());
+                        if let Ok(d) = name.parse::<Digest>() {
+                            out.push((d, f.metadata()?.len()));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// A new temp file for a write in progress.
@@ -173,6 +213,18 @@ impl FsBlobs {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+fn read_dir_or_empty(p: &Path) -> io::Result<Vec<io::Result<std::fs::DirEntry>>> {
+    match std::fs::read_dir(p) {
+        Ok(rd) => Ok(rd.collect()),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
     }
 }
 

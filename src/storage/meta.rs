@@ -137,6 +137,15 @@ impl Meta {
         .map_err(|e| MetaError(format!("blocking task failed: {e}")))?
     }
 
+    /// Runs `f` with the connection on this thread (start-up and CLI paths only).
+    pub(crate) fn with_sync<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| MetaError("connection mutex poisoned".into()))?;
+        f(&mut c)
+    }
+
     /// Records that `repo` is hosted here (created by a push).
     pub async fn add_hosted(&self, repo: &str) -> Result<()> {
         let repo = repo.to_string();

@@ -5,6 +5,7 @@
 //! becomes multipart upload + verify + complete) without touching the handlers.
 
 pub mod blobs;
+pub mod gc;
 pub mod meta;
 pub mod mirror_meta;
 pub mod uploads;
@@ -34,6 +35,11 @@ pub struct Storage {
     pub uploads: Uploads,
     /// Names of hosted repositories, kept in memory: routing asks on every request.
     hosted: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Held shared by every hosted write that commits a blob, links it or records a
+    /// manifest; held exclusively while garbage collection or cache eviction deletes
+    /// files. So a deletion never races a push of the same digest: a push either
+    /// completed before (and its references are seen) or starts after.
+    pub write_lock: tokio::sync::RwLock<()>,
 }
 
 /// Result of streaming a request body into the store under an expected digest.
@@ -55,6 +61,7 @@ impl Storage {
             meta,
             uploads: Uploads::default(),
             hosted: std::sync::RwLock::new(hosted),
+            write_lock: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -79,8 +86,14 @@ impl Storage {
     }
 
     /// Streams `body` into a temp file while hashing it, and commits it under `expected`
-    /// if the digest matches. Nothing is stored otherwise.
-    pub async fn ingest<S, E>(&self, expected: &Digest, body: S) -> Result<Ingest, IngestError>
+    /// if the digest matches (linking it into `link`, a repository, in the same hosted
+    /// write). Nothing is stored otherwise.
+    pub async fn ingest<S, E>(
+        &self,
+        expected: &Digest,
+        body: S,
+        link: Option<&str>,
+    ) -> Result<Ingest, IngestError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -93,8 +106,16 @@ impl Storage {
             hasher.update(&chunk);
             temp.write(&chunk).await?;
         }
+        let _write = self.write_lock.read().await;
         match self.blobs.commit_file(temp, expected, Some(hasher)).await? {
-            Commit::Stored { size } => Ok(Ingest::Stored { size }),
+            Commit::Stored { size } => {
+                if let Some(repo) = link {
+                    self.meta
+                        .link_blob(repo, &expected.to_string(), size)
+                        .await?;
+                }
+                Ok(Ingest::Stored { size })
+            }
             Commit::Mismatch { actual } => Ok(Ingest::Mismatch { actual }),
         }
     }

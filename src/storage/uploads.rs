@@ -212,6 +212,8 @@ impl Storage {
             .upload_file(&id, offset)
             .await
             .map_err(IngestError::from)?;
+        // Commit and link as one hosted write: no deletion runs in between.
+        let _write = self.write_lock.read().await;
         let result = self
             .blobs
             .commit_file(file, digest, hasher)

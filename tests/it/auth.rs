@@ -304,6 +304,7 @@ async fn permission_matrix_over_every_route_role_and_visibility() {
             "/admin/audit",
             "/admin/tokens",
             "/admin/visibility?repo=agents/priv",
+            "/admin/cache/stats",
         ] {
             let r = call(&http, role, Method::GET, path, b"", "").await;
             if r.status.as_u16() != want {

@@ -4,10 +4,13 @@ mod support;
 
 mod api;
 mod auth;
+mod cache;
+mod cache_restart;
 mod cli;
 mod conformance;
 mod crash;
 mod garbage;
+mod gc;
 mod interop;
 mod interop_auth;
 mod lifecycle;

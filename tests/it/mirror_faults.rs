@@ -403,8 +403,19 @@ async fn signatures_survive_the_mirror_referrers_and_cosign_tags() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.as_ref(), sig.as_slice());
-    let r = http.get("/v2/_catalog").await;
-    let repos = r.json()["repositories"].clone();
+    // Tag mappings are persisted in the background: the catalog lists the repository
+    // once that write landed.
+    let mut repos = serde_json::Value::Null;
+    for _ in 0..200 {
+        repos = http.get("/v2/_catalog").await.json()["repositories"].clone();
+        if repos
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "docker.io/team/app"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         repos
             .as_array()

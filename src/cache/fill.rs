@@ -10,6 +10,7 @@
 //! before the fill fails. A reader that goes away does not stop the fill.
 
 use crate::oci::Digest;
+use crate::server::file;
 use crate::storage::{Commit, Storage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -21,8 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Bytes handed to a reader per read.
-const READ_CHUNK: u64 = 256 * 1024;
 /// Most bytes gathered from ready chunks into one write.
 const WRITE_BATCH: usize = 1 << 20;
 /// Reopens of an interrupted source before the fill fails.
@@ -304,8 +303,9 @@ impl Fill {
         start: u64,
         end: Option<u64>,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let state = (self.clone(), self.progress.clone(), start, false);
-        futures_util::stream::unfold(state, move |(fill, mut rx, pos, done)| async move {
+        let reader = file::Reader::new();
+        let state = (self.clone(), self.progress.clone(), start, false, reader);
+        futures_util::stream::unfold(state, move |(fill, mut rx, pos, done, reader)| async move {
             if done {
                 return None;
             }
@@ -316,7 +316,7 @@ impl Fill {
                 };
                 if let Some(Err(e)) = &outcome {
                     let err = io::Error::other(e.message.clone());
-                    return Some((Err(err), (fill, rx, pos, true)));
+                    return Some((Err(err), (fill, rx, pos, true, reader)));
                 }
                 let limit = end.or(total);
                 if limit.is_some_and(|l| pos >= l) {
@@ -329,22 +329,14 @@ impl Fill {
                     _ => written,
                 };
                 if pos < avail {
-                    let want = (avail - pos).min(READ_CHUNK);
-                    let want = limit.map_or(want, |l| want.min(l - pos));
-                    let file = fill.file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; want as usize];
-                        read_exact_at(&file, &mut buf, pos).map(|()| Bytes::from(buf))
-                    })
-                    .await
-                    .map_err(io::Error::other)
-                    .and_then(|r| r);
+                    let want = limit.map_or(avail, |l| avail.min(l)) - pos;
+                    let read = file::read_chunk_async(fill.file.clone(), pos, want).await;
                     return match read {
                         Ok(b) => {
                             let next = pos + b.len() as u64;
-                            Some((Ok(b), (fill, rx, next, false)))
+                            Some((Ok(b), (fill, rx, next, false, reader)))
                         }
-                        Err(e) => Some((Err(e), (fill, rx, pos, true))),
+                        Err(e) => Some((Err(e), (fill, rx, pos, true, reader))),
                     };
                 }
                 if matches!(outcome, Some(Ok(()))) && pos >= written {
@@ -354,17 +346,12 @@ impl Fill {
                 if rx.changed().await.is_err() {
                     return Some((
                         Err(io::Error::other("fill ended without an outcome")),
-                        (fill, rx, pos, true),
+                        (fill, rx, pos, true, reader),
                     ));
                 }
             }
         })
     }
-}
-
-fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset)
 }
 
 #[cfg(test)]

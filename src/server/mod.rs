@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod body;
+pub mod file;
 pub mod health;
 pub mod idle;
 pub mod limits;

@@ -330,7 +330,7 @@ impl Fill {
                 };
                 if pos < avail {
                     let want = limit.map_or(avail, |l| avail.min(l)) - pos;
-                    let read = file::read_chunk_async(fill.file.clone(), pos, want).await;
+                    let read = file::read_chunk(fill.file.clone(), pos, want).await;
                     return match read {
                         Ok(b) => {
                             let next = pos + b.len() as u64;

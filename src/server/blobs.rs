@@ -95,7 +95,8 @@ pub async fn serve_file(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let opened = tokio::task::spawn_blocking(move || open_blob(&path, range.as_deref(), head))
+    let room = (!head).then(file::reserve);
+    let opened = tokio::task::spawn_blocking(move || open_blob(&path, range.as_deref(), room))
         .await
         .map_err(std::io::Error::other)??;
     let Some(Opened {
@@ -140,11 +141,12 @@ struct Opened {
     reader: file::Reader,
 }
 
-/// Blocking: open, stat, resolve the range, read the first chunk. None if not on disk.
+/// Blocking: open, stat, resolve the range, read the first chunk into `room` (None for
+/// HEAD). None if not on disk.
 fn open_blob(
     path: &std::path::Path,
     range: Option<&str>,
-    head: bool,
+    room: Option<file::Reservation>,
 ) -> std::io::Result<Option<Opened>> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -154,12 +156,11 @@ fn open_blob(
     let size = file.metadata()?.len();
     let range = parse_range(range, size);
     let reader = file::Reader::new();
-    let first = match range {
-        _ if head => None,
-        RangeReq::Full if size > 0 => Some(file::read_chunk(&file, 0, size)?),
-        RangeReq::Full => Some(bytes::Bytes::new()),
-        RangeReq::Part(s, e) => Some(file::read_chunk(&file, s, e - s + 1)?),
-        RangeReq::Unsatisfiable => None,
+    let first = match (room, &range) {
+        (None, _) | (_, RangeReq::Unsatisfiable) => None,
+        (Some(_), RangeReq::Full) if size == 0 => Some(bytes::Bytes::new()),
+        (Some(room), RangeReq::Full) => Some(room.read(&file, 0, size)?),
+        (Some(room), RangeReq::Part(s, e)) => Some(room.read(&file, *s, e - s + 1)?),
     };
     Ok(Some(Opened {
         file,

@@ -11,6 +11,7 @@
 
 use super::disk::{DiskTier, ObjKind};
 use crate::oci::Digest;
+use crate::server::file;
 use crate::storage::{Commit, Storage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -22,8 +23,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Bytes handed to a reader per read.
-const READ_CHUNK: u64 = 256 * 1024;
 /// Most bytes gathered from ready chunks into one write.
 const WRITE_BATCH: usize = 1 << 20;
 /// Reopens of an interrupted source before the fill fails.
@@ -380,67 +379,64 @@ impl Fill {
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         // The reader's pin keeps the committed file from eviction until it is done.
         let pin = self.tier.as_ref().map(|t| t.pin(&self.digest));
-        let state = (self.clone(), self.progress.clone(), start, false, pin);
-        futures_util::stream::unfold(state, move |(fill, mut rx, pos, done, pin)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let (written, outcome, total) = {
-                    let p = rx.borrow_and_update();
-                    (p.written, p.outcome.clone(), p.total)
-                };
-                if let Some(Err(e)) = &outcome {
-                    let err = io::Error::other(e.message.clone());
-                    return Some((Err(err), (fill, rx, pos, true, pin)));
-                }
-                let limit = end.or(total);
-                if limit.is_some_and(|l| pos >= l) {
+        let reader = file::Reader::new();
+        let state = (
+            self.clone(),
+            self.progress.clone(),
+            start,
+            false,
+            (pin, reader),
+        );
+        futures_util::stream::unfold(
+            state,
+            move |(fill, mut rx, pos, done, (pin, reader))| async move {
+                if done {
                     return None;
                 }
-                // The last byte of the blob is held back until the digest is verified, so a
-                // reader of a corrupt fill never sees a complete response.
-                let avail = match (&outcome, total) {
-                    (None, Some(t)) => written.min(t.saturating_sub(1)),
-                    _ => written,
-                };
-                if pos < avail {
-                    let want = (avail - pos).min(READ_CHUNK);
-                    let want = limit.map_or(want, |l| want.min(l - pos));
-                    let file = fill.file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; want as usize];
-                        read_exact_at(&file, &mut buf, pos).map(|()| Bytes::from(buf))
-                    })
-                    .await
-                    .map_err(io::Error::other)
-                    .and_then(|r| r);
-                    return match read {
-                        Ok(b) => {
-                            let next = pos + b.len() as u64;
-                            Some((Ok(b), (fill, rx, next, false, pin)))
-                        }
-                        Err(e) => Some((Err(e), (fill, rx, pos, true, pin))),
+                loop {
+                    let (written, outcome, total) = {
+                        let p = rx.borrow_and_update();
+                        (p.written, p.outcome.clone(), p.total)
                     };
+                    if let Some(Err(e)) = &outcome {
+                        let err = io::Error::other(e.message.clone());
+                        return Some((Err(err), (fill, rx, pos, true, (pin, reader))));
+                    }
+                    let limit = end.or(total);
+                    if limit.is_some_and(|l| pos >= l) {
+                        return None;
+                    }
+                    // The last byte of the blob is held back until the digest is verified, so a
+                    // reader of a corrupt fill never sees a complete response.
+                    let avail = match (&outcome, total) {
+                        (None, Some(t)) => written.min(t.saturating_sub(1)),
+                        _ => written,
+                    };
+                    if pos < avail {
+                        let want = limit.map_or(avail, |l| avail.min(l)) - pos;
+                        let read = file::read_chunk(fill.file.clone(), pos, want).await;
+                        return match read {
+                            Ok(b) => {
+                                let next = pos + b.len() as u64;
+                                Some((Ok(b), (fill, rx, next, false, (pin, reader))))
+                            }
+                            Err(e) => Some((Err(e), (fill, rx, pos, true, (pin, reader)))),
+                        };
+                    }
+                    if matches!(outcome, Some(Ok(()))) && pos >= written {
+                        // Committed and everything read (length unknown up front).
+                        return None;
+                    }
+                    if rx.changed().await.is_err() {
+                        return Some((
+                            Err(io::Error::other("fill ended without an outcome")),
+                            (fill, rx, pos, true, (pin, reader)),
+                        ));
+                    }
                 }
-                if matches!(outcome, Some(Ok(()))) && pos >= written {
-                    // Committed and everything read (length unknown up front).
-                    return None;
-                }
-                if rx.changed().await.is_err() {
-                    return Some((
-                        Err(io::Error::other("fill ended without an outcome")),
-                        (fill, rx, pos, true, pin),
-                    ));
-                }
-            }
-        })
+            },
+        )
     }
-}
-
-fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, offset)
 }
 
 #[cfg(test)]

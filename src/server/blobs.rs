@@ -3,13 +3,10 @@
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, ErrorCode, RepoName};
-use crate::server::body::{hv, status, stream, Body};
+use crate::server::body::{empty, full, hv, status, stream, Body};
+use crate::server::file;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-
-/// Read size for streaming a blob file to a client.
-const READ_CHUNK: usize = 256 * 1024;
 
 pub fn parse_digest(d: &str) -> Result<Digest> {
     d.parse().map_err(|e: crate::oci::DigestError| {
@@ -86,6 +83,9 @@ pub async fn get(
 /// Serves a committed blob from disk, honouring `Range`. None if it is not on disk.
 /// The file is opened once and streamed from that handle, so an eviction that unlinks
 /// it mid-stream cannot cut the body; `pin` (a cache pin) lives as long as the body.
+///
+/// One blocking-pool trip opens the file, learns its size and reads the first chunk, so a
+/// blob of up to `file::CHUNK` bytes costs one trip in all and goes out as one frame.
 pub async fn serve_file(
     app: &App,
     digest: &Digest,
@@ -93,36 +93,86 @@ pub async fn serve_file(
     head: bool,
     pin: Option<crate::cache::Pin>,
 ) -> Result<Option<Response<Body>>> {
-    let Some((mut file, size)) = app.storage.blobs.open_file(digest).await? else {
+    let path = app.storage.blobs.path(digest);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let room = (!head).then(file::reserve);
+    let opened = tokio::task::spawn_blocking(move || open_blob(&path, range.as_deref(), room))
+        .await
+        .map_err(std::io::Error::other)??;
+    let Some(Opened {
+        file,
+        size,
+        range,
+        first,
+        reader,
+    }) = opened
+    else {
         return Ok(None);
     };
-    let range = parse_range(
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
-        size,
-    );
     let (code, start, len) = match range {
         RangeReq::Full => (StatusCode::OK, 0, size),
         RangeReq::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
         RangeReq::Unsatisfiable => return Ok(Some(unsatisfiable(size))),
     };
-    let mut resp = if head {
-        status(code)
-    } else {
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start)).await?;
+    let body = match first {
+        None => empty(),
+        Some(first) if first.len() as u64 == len => full(first),
+        Some(first) => {
+            let chunks = file::chunks(Arc::new(file), start, start + len, Some(first), reader);
+            // The pin lives as long as the body streams.
+            stream(futures_util::StreamExt::map(chunks, move |c| {
+                let _held = &pin;
+                c
+            }))
         }
-        let reader = file.take(len);
-        let s = tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK);
-        let s = futures_util::StreamExt::map(s, move |c| {
-            let _held = &pin;
-            c
-        });
-        let mut r = Response::new(stream(s));
-        *r.status_mut() = code;
-        r
     };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = code;
     blob_headers(&mut resp, digest, code, start, len, size);
     Ok(Some(resp))
+}
+
+/// A blob file opened for a response.
+struct Opened {
+    file: std::fs::File,
+    size: u64,
+    range: RangeReq,
+    /// The first chunk of the requested bytes (None for HEAD and unsatisfiable ranges).
+    first: Option<bytes::Bytes>,
+    reader: file::Reader,
+}
+
+/// Blocking: open, stat, resolve the range, read the first chunk into `room` (None for
+/// HEAD). None if not on disk.
+fn open_blob(
+    path: &std::path::Path,
+    range: Option<&str>,
+    room: Option<file::Reservation>,
+) -> std::io::Result<Option<Opened>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    let range = parse_range(range, size);
+    let reader = file::Reader::new();
+    let first = match (room, &range) {
+        (None, _) | (_, RangeReq::Unsatisfiable) => None,
+        (Some(_), RangeReq::Full) if size == 0 => Some(bytes::Bytes::new()),
+        (Some(room), RangeReq::Full) => Some(room.read(&file, 0, size)?),
+        (Some(room), RangeReq::Part(s, e)) => Some(room.read(&file, *s, e - s + 1)?),
+    };
+    Ok(Some(Opened {
+        file,
+        size,
+        range,
+        first,
+        reader,
+    }))
 }
 
 pub fn unsatisfiable(size: u64) -> Response<Body> {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_cache;
 pub mod blobs;
 pub mod body;
+pub mod file;
 pub mod health;
 pub mod idle;
 pub mod limits;

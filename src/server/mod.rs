@@ -86,6 +86,7 @@ pub async fn serve(
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         let activity = idle::Activity::new();
         let idle_timeout = cfg.keep_alive_timeout;
+        let header_timeout = cfg.header_read_timeout;
         // The handshake runs in the connection's task: a slow client never stalls accept.
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
@@ -106,8 +107,8 @@ pub async fn serve(
             };
             tokio::select! {
                 _ = conn => {}
-                _ = activity.idle(idle_timeout) => {
-                    tracing::debug!(client = %peer, "idle connection closed");
+                why = activity.expired(idle_timeout, Some(header_timeout)) => {
+                    tracing::debug!(client = %peer, reason = why, "connection closed");
                 }
             }
         });
@@ -138,7 +139,9 @@ fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        // hyper's clock also runs between keep-alive requests; `idle::Activity` keeps
+        // the header timeout, hyper only a backstop no shorter than the keep-alive one.
+        .header_read_timeout(cfg.keep_alive_timeout.max(cfg.header_read_timeout))
         .max_buf_size(header_size)
         .keep_alive(true);
     builder
@@ -183,13 +186,13 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
         };
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         let activity = idle::Activity::new();
-        let idle_timeout = cfg.keep_alive_timeout;
+        let (idle_timeout, header_timeout) = (cfg.keep_alive_timeout, cfg.header_read_timeout);
         tokio::spawn(async move {
             let _permit = permit;
             let stream = idle::IdleIo::new(stream, activity.clone());
             tokio::select! {
                 _ = serve_connection(app, &builder, watcher, stream, peer, &activity, true) => {}
-                _ = activity.idle(idle_timeout) => {}
+                _ = activity.expired(idle_timeout, Some(header_timeout)) => {}
             }
         });
     }

@@ -461,3 +461,41 @@ fn sighup_reloads_upstreams_limits_and_auth_at_once_and_keeps_them_if_invalid() 
     // Still serving and draining normally.
     p.sigterm();
 }
+
+#[test]
+fn keep_alive_connections_outlive_the_header_timeout_but_silent_sockets_do_not() {
+    let p = Proc::start(
+        "header_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"",
+        &[],
+        true,
+    );
+    let addr = p.addr.clone();
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let read_response = |s: &mut TcpStream| -> Option<String> {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    s.write_all(req.as_bytes()).expect("first request");
+    let first = read_response(&mut s).expect("first response");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Idle between requests for longer than the header timeout: still open.
+    std::thread::sleep(Duration::from_millis(2500));
+    s.write_all(req.as_bytes()).expect("second request");
+    let second = read_response(&mut s).expect("the keep-alive connection was closed");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // A socket that never sends a request is closed after the header timeout.
+    let mut silent = TcpStream::connect(&addr).expect("connect");
+    let closed = closed_after(&mut silent, Duration::from_secs(10)).is_some();
+    assert!(closed, "a silent socket stayed open");
+    // And a head that trickles in is cut after it, even on a kept-alive connection.
+    s.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .expect("partial head");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(4)),
+        "a slow head was not cut"
+    );
+}

@@ -449,17 +449,31 @@ impl Store {
     }
 
     /// Drops access records older than `before_ms`, then the oldest beyond `max`;
-    /// returns how many.
+    /// returns how many. Audit events are kept ten times as long and as many (denied
+    /// requests from a scanner must not grow the file without bound either).
     pub fn prune_access(&self, before_ms: u64, max: u64) -> Result<usize> {
         let conn = self.conn();
-        let old = conn.execute("DELETE FROM access WHERE ts_ms < ?1", [before_ms as i64])?;
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let over = conn.execute(
-            "DELETE FROM access WHERE id <= (SELECT MAX(id) FROM access) - ?1",
-            [max],
-        )?;
-        Ok(old + over)
+        let mut n = 0;
+        for (table, keep_ms, keep) in [
+            ("access", before_ms as i64, max),
+            ("audit", audit_cutoff(before_ms), max.saturating_mul(10)),
+        ] {
+            n += conn.execute(&format!("DELETE FROM {table} WHERE ts_ms < ?1"), [keep_ms])?;
+            n += conn.execute(
+                &format!("DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?1"),
+                [keep],
+            )?;
+        }
+        Ok(n)
     }
+}
+
+/// The audit log's cutoff for an access-log cutoff: ten times as far back.
+fn audit_cutoff(access_before_ms: u64) -> i64 {
+    let now = now_ms();
+    let span = now.saturating_sub(access_before_ms).saturating_mul(10);
+    now.saturating_sub(span) as i64
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
@@ -538,6 +552,22 @@ mod tests {
             .collect();
         assert_eq!(left, [6, 7, 8, 9, 10]);
         assert_eq!(s.pulls("a").unwrap(), 5);
+        // Audit events live ten times longer: with a one-hour cutoff for requests, a
+        // five-hour-old event stays and a day-old one goes.
+        let now = now_ms();
+        let event = |ts_ms: u64| AuditRecord {
+            ts_ms,
+            event: "denied".into(),
+            user: None,
+            client: None,
+            repo: None,
+            detail: None,
+        };
+        let (hour, day) = (3_600_000, 86_400_000);
+        s.append(&[], &[event(now - day), event(now - 5 * hour)])
+            .unwrap();
+        s.prune_access(now - hour, 100).unwrap();
+        assert_eq!(s.audit_log(None, 0, 10).unwrap().len(), 1);
     }
 
     #[test]

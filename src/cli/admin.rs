@@ -210,17 +210,21 @@ pub async fn permission(
     cmd: PermissionCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let subject = |w: &Who| match (&w.user, &w.group) {
-        (Some(u), _) => json!({ "user": u }),
-        (_, Some(g)) => json!({ "group": g }),
-        _ => json!({}),
-    };
-    let split = |p: &[String]| -> Vec<String> {
-        p.iter()
+    // {"repo", "user" | "group", "actions"}: what the admin API takes.
+    let request = |repo: &str, w: &Who, permissions: &[String]| {
+        let mut b = match (&w.user, &w.group) {
+            (Some(u), _) => json!({ "user": u }),
+            (_, Some(g)) => json!({ "group": g }),
+            _ => json!({}),
+        };
+        b["repo"] = json!(repo);
+        b["actions"] = json!(permissions
+            .iter()
             .flat_map(|x| x.split(','))
             .map(|x| x.trim().to_string())
             .filter(|x| !x.is_empty())
-            .collect()
+            .collect::<Vec<_>>());
+        b
     };
     match cmd {
         PermissionCommand::Add {
@@ -228,9 +232,7 @@ pub async fn permission(
             who,
             permissions,
         } => {
-            let mut b = subject(&who);
-            b["repo"] = json!(repo);
-            b["actions"] = json!(split(&permissions));
+            let b = request(&repo, &who, &permissions);
             let v = ok_json(
                 &c.request(Method::POST, "/admin/permissions", body(&b))
                     .await?,
@@ -250,9 +252,7 @@ pub async fn permission(
             who,
             permissions,
         } => {
-            let mut b = subject(&who);
-            b["repo"] = json!(repo);
-            b["actions"] = json!(split(&permissions));
+            let b = request(&repo, &who, &permissions);
             ok_json(
                 &c.request(Method::DELETE, "/admin/permissions", body(&b))
                     .await?,

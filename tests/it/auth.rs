@@ -108,6 +108,14 @@ async fn set_visibility(http: &Http, repo: &str, v: &str) {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
+/// The body and Content-Type a matrix row sends: the manifest for a manifest PUT.
+fn payload<'a>(route: &str, manifest: &'a [u8]) -> (&'a [u8], &'static str) {
+    match route {
+        "manifest PUT" => (manifest, MEDIA),
+        _ => (b"", "application/octet-stream"),
+    }
+}
+
 /// (status, OCI error code or "-", WWW-Authenticate with the repository name blanked):
 /// what a client can observe of a refusal.
 fn observable(r: &Resp, repo: &str) -> (u16, String, String) {
@@ -207,16 +215,7 @@ async fn permission_matrix_over_every_route_role_and_visibility() {
                 continue;
             }
             for c in cases(repo, m, l) {
-                let body: &[u8] = if c.route == "manifest PUT" {
-                    &new_manifest
-                } else {
-                    b""
-                };
-                let ctype = if c.route == "manifest PUT" {
-                    MEDIA
-                } else {
-                    "application/octet-stream"
-                };
+                let (body, ctype) = payload(c.route, &new_manifest);
                 let r = call(&http, role, c.method.clone(), &c.path, body, ctype).await;
                 let allowed = may(role, repo, c.action);
                 let refused = matches!(r.status.as_u16(), 401 | 403);
@@ -260,16 +259,7 @@ async fn permission_matrix_over_every_route_role_and_visibility() {
                 .into_iter()
                 .filter(|c| c.action != Action::Delete)
             {
-                let body: &[u8] = if c.route == "manifest PUT" {
-                    &new_manifest
-                } else {
-                    b""
-                };
-                let ctype = if c.route == "manifest PUT" {
-                    MEDIA
-                } else {
-                    "application/octet-stream"
-                };
+                let (body, ctype) = payload(c.route, &new_manifest);
                 let r = call(&http, role, c.method.clone(), &c.path, body, ctype).await;
                 if matches!(r.status.as_u16(), 401 | 403) {
                     failures.push(format!("{role} {} {repo}: denied ({})", c.route, r.status));

@@ -12,6 +12,21 @@ fn creds(user: &str) -> String {
     format!("{user}:{PASSWORD}")
 }
 
+/// The digest of the manifest `reference` resolves to, read with the writer's credentials.
+fn digest_as_writer(reference: &str) -> String {
+    let raw = run(skopeo()
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &creds("writer"),
+        ])
+        .arg(format!("docker://{reference}")))
+    .stdout;
+    image::sha256_digest(&raw)
+}
+
 /// A server where agents/* is writable by `writer` and `agents/secret` is private.
 fn server() -> TestServer {
     TestServer::start_with(configure)
@@ -56,17 +71,7 @@ fn skopeo_with_creds_pushes_and_pulls_a_private_image() {
         );
         assert!(!out.status.success(), "{extra:?} read a private image");
     }
-    let raw = run(skopeo()
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &creds("writer"),
-        ])
-        .arg(format!("docker://{reference}")))
-    .stdout;
-    assert_eq!(image::sha256_digest(&raw), info.manifest_digest);
+    assert_eq!(digest_as_writer(&reference), info.manifest_digest);
     let out = work.path().join("out");
     crate::interop::pull(
         &reference,
@@ -208,17 +213,7 @@ fn ctr_with_user_pulls_a_private_image() {
         &dest,
         &reference,
     ]));
-    let raw = run(skopeo()
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &creds("writer"),
-        ])
-        .arg(format!("docker://{dest}")))
-    .stdout;
-    assert_eq!(image::sha256_digest(&raw), info.manifest_digest);
+    assert_eq!(digest_as_writer(&dest), info.manifest_digest);
 }
 
 const ORAS_BASIC: &str = r#"

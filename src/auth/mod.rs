@@ -181,6 +181,8 @@ pub struct Auth {
     /// sha256 of API tokens looked up in the last 10 s (revocation shows within that).
     tokens: moka::sync::Cache<String, Option<Arc<store::TokenInfo>>>,
     failures: moka::sync::Cache<String, Arc<Mutex<Window>>>,
+    /// sha256 of bearer JWTs verified in the last minute -> their claims.
+    bearers: moka::sync::Cache<[u8; 32], Arc<jwt::Claims>>,
     live_tokens: moka::sync::Cache<(), bool>,
     log_tx: tokio::sync::mpsc::Sender<LogRecord>,
     log_rx: Mutex<Option<tokio::sync::mpsc::Receiver<LogRecord>>>,
@@ -221,6 +223,10 @@ impl Auth {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            bearers: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             live_tokens: moka::sync::Cache::builder()
                 .time_to_live(Duration::from_secs(10))
                 .build(),
@@ -233,6 +239,8 @@ impl Auth {
     pub fn install(&self, policy: AuthPolicy) {
         self.policy.store(Arc::new(policy.0));
         self.verified.invalidate_all();
+        // The service (audience and issuer) may have changed.
+        self.bearers.invalidate_all();
     }
 
     pub fn config(&self) -> AuthConfig {
@@ -280,14 +288,7 @@ impl Auth {
             if rest.starts_with(API_TOKEN_PREFIX) {
                 return self.api_token(rest, client).await;
             }
-            let service = self.policy.load().cfg.service.clone();
-            let claims = self
-                .keys
-                .verify(rest, &service, store::now_secs())
-                .map_err(|e| {
-                    crate::metrics::auth_failure_reason("bad_token");
-                    AuthError::BadToken(e)
-                })?;
+            let claims = self.bearer(rest)?;
             let user = (!claims.sub.is_empty()).then(|| claims.sub.clone());
             let groups = user
                 .as_deref()
@@ -296,11 +297,32 @@ impl Auth {
             Ok(Identity {
                 user,
                 groups,
-                method: Method::Jwt(claims.access),
+                method: Method::Jwt(claims.access.clone()),
             })
         } else {
             Err(AuthError::Malformed)
         }
+    }
+
+    /// A verified bearer JWT's claims. A signature check costs tens of microseconds, so
+    /// tokens verified once are remembered (by sha256) until they expire; expiry is
+    /// checked again on every use.
+    fn bearer(&self, token: &str) -> Result<Arc<jwt::Claims>, AuthError> {
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = store::now_secs();
+        if let Some(c) = self.bearers.get(&key) {
+            if c.exp > now {
+                return Ok(c);
+            }
+        }
+        let service = self.policy.load().cfg.service.clone();
+        let claims = self.keys.verify(token, &service, now).map_err(|e| {
+            crate::metrics::auth_failure_reason("bad_token");
+            AuthError::BadToken(e)
+        })?;
+        let claims = Arc::new(claims);
+        self.bearers.insert(key, claims.clone());
+        Ok(claims)
     }
 
     fn groups_of(&self, user: &str) -> Vec<String> {

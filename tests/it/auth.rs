@@ -340,6 +340,17 @@ async fn permission_matrix_over_every_route_role_and_visibility() {
     );
 }
 
+/// GET `path` with an `Authorization` header.
+async fn get_as(http: &Http, path: &str, authorization: &str) -> Resp {
+    http.send(
+        Method::GET,
+        path,
+        &[("authorization", authorization)],
+        Bytes::new(),
+    )
+    .await
+}
+
 /// A token from `/token` for `scope`, with or without credentials.
 async fn token(http: &Http, role: &str, scope: &str) -> String {
     let auth = basic(role);
@@ -372,25 +383,11 @@ async fn token_flow_grants_only_what_the_rules_allow() {
     let path = format!("/v2/agents/priv/manifests/{m}");
     let w = token(&http, "writer", "repository:agents/priv:pull,push").await;
     let bearer = format!("Bearer {w}");
-    let r = http
-        .send(
-            Method::GET,
-            &path,
-            &[("authorization", &bearer)],
-            Bytes::new(),
-        )
-        .await;
+    let r = get_as(&http, &path, &bearer).await;
     assert_eq!(r.status, StatusCode::OK);
     let rd = token(&http, "reader", "repository:agents/priv:pull").await;
     let bearer = format!("Bearer {rd}");
-    let r = http
-        .send(
-            Method::GET,
-            &path,
-            &[("authorization", &bearer)],
-            Bytes::new(),
-        )
-        .await;
+    let r = get_as(&http, &path, &bearer).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let c = r.header("www-authenticate").expect("challenge");
     assert!(
@@ -403,14 +400,7 @@ async fn token_flow_grants_only_what_the_rules_allow() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("writer:nope")
     );
-    let r = http
-        .send(
-            Method::GET,
-            "/token?scope=repository:agents/priv:pull",
-            &[("authorization", &bad)],
-            Bytes::new(),
-        )
-        .await;
+    let r = get_as(&http, "/token?scope=repository:agents/priv:pull", &bad).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.error_code(), "UNAUTHORIZED");
     // The OAuth2 POST form (containerd) works too.
@@ -429,14 +419,7 @@ async fn token_flow_grants_only_what_the_rules_allow() {
         .expect("token")
         .to_string();
     let bearer = format!("Bearer {t}");
-    let r = http
-        .send(
-            Method::GET,
-            &path,
-            &[("authorization", &bearer)],
-            Bytes::new(),
-        )
-        .await;
+    let r = get_as(&http, &path, &bearer).await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -467,8 +450,7 @@ async fn expired_tampered_foreign_and_wrong_scope_tokens_are_refused() {
         let path = path.clone();
         async move {
             let h = format!("Bearer {t}");
-            http.send(Method::GET, &path, &[("authorization", &h)], Bytes::new())
-                .await
+            get_as(&http, &path, &h).await
         }
     };
     let auth = &srv.app.auth;
@@ -579,14 +561,7 @@ async fn failed_logins_are_limited_and_counted_and_audited() {
     );
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let r = http
-            .send(
-                Method::GET,
-                "/v2/agents/x/tags/list",
-                &[("authorization", &bad)],
-                Bytes::new(),
-            )
-            .await;
+        let r = get_as(&http, "/v2/agents/x/tags/list", &bad).await;
         statuses.push(r.status.as_u16());
         if r.status == StatusCode::TOO_MANY_REQUESTS {
             assert!(r.header("retry-after").is_some());
@@ -655,14 +630,7 @@ async fn api_tokens_act_within_their_scope_and_revocation_sticks() {
     let bearer = format!("Bearer {t}");
     let (m, _) = push_image(&http, "agents/a", "v1", 13).await;
     let path = format!("/v2/agents/a/manifests/{m}");
-    let r = http
-        .send(
-            Method::GET,
-            &path,
-            &[("authorization", &bearer)],
-            Bytes::new(),
-        )
-        .await;
+    let r = get_as(&http, &path, &bearer).await;
     assert_eq!(r.status, StatusCode::OK);
     let r = http
         .send(
@@ -682,22 +650,13 @@ async fn api_tokens_act_within_their_scope_and_revocation_sticks() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("token:{t}"))
     );
-    let r = http
-        .send(Method::GET, &path, &[("authorization", &b)], Bytes::new())
-        .await;
+    let r = get_as(&http, &path, &b).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(store.revoke_token(&info.id).expect("revoke"));
     // Within the lookup cache's 10 s the revocation takes hold.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let r = http
-            .send(
-                Method::GET,
-                &path,
-                &[("authorization", &bearer)],
-                Bytes::new(),
-            )
-            .await;
+        let r = get_as(&http, &path, &bearer).await;
         if r.status == StatusCode::UNAUTHORIZED {
             break;
         }

@@ -6,8 +6,8 @@
 
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::http::{image_manifest, Http};
-use crate::support::server::TestServer;
-use agent_registry::config::{CacheConfig, Policy, UpstreamConfig};
+use crate::support::server::{default_upstream, TestServer};
+use agent_registry::config::{CacheConfig, Policy};
 use agent_registry::oci::Digest;
 use http::{Method, StatusCode};
 use rand::{Rng, RngCore, SeedableRng};
@@ -26,13 +26,9 @@ pub(crate) fn random(len: usize, seed: u64) -> Vec<u8> {
 pub(crate) fn mirror(fake: &FakeUpstream, f: impl FnOnce(&mut CacheConfig)) -> TestServer {
     let url = fake.url();
     TestServer::start_with(move |cfg| {
-        let mut up = UpstreamConfig::new("docker.io", &url);
-        up.library_prefix = true;
+        let up = default_upstream(cfg, &url);
         up.tag_ttl = Duration::from_secs(60);
         up.first_byte_timeout = Duration::from_secs(5);
-        cfg.upstreams.retain(|u| u.name != "docker.io");
-        cfg.upstreams.push(up);
-        cfg.mirror.default_upstream = Some("docker.io".into());
         f(&mut cfg.cache);
     })
 }
@@ -423,11 +419,7 @@ async fn a_full_disk_streams_through_says_so_and_recovers() {
     let url = fake.url();
     let data = mnt.join("data");
     let srv = TestServer::start_with(move |cfg| {
-        let mut up = UpstreamConfig::new("docker.io", &url);
-        up.library_prefix = true;
-        cfg.upstreams.retain(|u| u.name != "docker.io");
-        cfg.upstreams.push(up);
-        cfg.mirror.default_upstream = Some("docker.io".into());
+        default_upstream(cfg, &url);
         cfg.storage.data_dir = data;
         cfg.cache.max_size = 1 << 30; // far more than the disk holds
         cfg.cache.memory.blob_threshold = 0;
@@ -520,11 +512,7 @@ async fn a_read_only_cache_directory_streams_through_and_recovers() {
     let url = fake.url();
     let data = root.path().join("data");
     let srv = TestServer::start_with(move |cfg| {
-        let mut up = UpstreamConfig::new("docker.io", &url);
-        up.library_prefix = true;
-        cfg.upstreams.retain(|u| u.name != "docker.io");
-        cfg.upstreams.push(up);
-        cfg.mirror.default_upstream = Some("docker.io".into());
+        default_upstream(cfg, &url);
         cfg.storage.data_dir = data;
         cfg.cache.memory.blob_threshold = 0;
     });

@@ -5,8 +5,7 @@
 use crate::cache::{disk_bytes, image, mirror, pull, random, settled, MIB};
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::http::Http;
-use crate::support::server::TestServer;
-use agent_registry::config::UpstreamConfig;
+use crate::support::server::{default_upstream, TestServer};
 use agent_registry::oci::Digest;
 use http::StatusCode;
 use std::path::Path;
@@ -337,11 +336,7 @@ fn skopeo_pulls_through_a_capped_cache_in_front_of_distribution() {
     let cap = 2 * MIB as u64;
     let url = dist.url();
     let srv = TestServer::start_with(move |cfg| {
-        let mut up = UpstreamConfig::new("docker.io", &url);
-        up.library_prefix = true;
-        cfg.upstreams.retain(|u| u.name != "docker.io");
-        cfg.upstreams.push(up);
-        cfg.mirror.default_upstream = Some("docker.io".into());
+        default_upstream(cfg, &url);
         cfg.cache.max_size = cap;
     });
     // Every image twice: evicted ones come from distribution again, byte for byte.

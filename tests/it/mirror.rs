@@ -7,7 +7,6 @@ use crate::support::http::Http;
 use crate::support::image::{self, ImageInfo};
 use crate::support::server::TestServer;
 use crate::support::tools::{self, Containerd, Podman};
-use agent_registry::config::UpstreamConfig;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,13 +14,9 @@ use std::time::Duration;
 pub fn mirror_of(upstream_url: &str, tag_ttl: Duration) -> TestServer {
     let url = upstream_url.to_string();
     TestServer::start_with(move |cfg| {
-        let mut up = UpstreamConfig::new("docker.io", &url);
-        up.library_prefix = true;
+        let up = crate::support::server::default_upstream(cfg, &url);
         up.tag_ttl = tag_ttl;
         up.first_byte_timeout = Duration::from_secs(5);
-        cfg.upstreams.retain(|u| u.name != "docker.io");
-        cfg.upstreams.push(up);
-        cfg.mirror.default_upstream = Some("docker.io".into());
     })
 }
 

@@ -557,13 +557,8 @@ async fn the_bandwidth_cap_paces_reads_from_an_upstream() {
     let digest = fake.add_blob("library/slow", bytes);
     let url = fake.url();
     let srv = TestServer::start_with(move |cfg| {
-        let mut up = agent_registry::config::UpstreamConfig::new("docker.io", &url);
-        up.library_prefix = true;
         // 1 MiB/s with one second of burst: 4 MiB take at least 3 s.
-        up.max_bandwidth = Some(1 << 20);
-        cfg.upstreams.retain(|u| u.name != "docker.io");
-        cfg.upstreams.push(up);
-        cfg.mirror.default_upstream = Some("docker.io".into());
+        crate::support::server::default_upstream(cfg, &url).max_bandwidth = Some(1 << 20);
     });
     let http = Http::new(&srv.host());
     let start = std::time::Instant::now();

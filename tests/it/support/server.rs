@@ -9,6 +9,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Makes `url` the `docker.io` upstream (with `library/` for plain names) and the default
+/// upstream of `cfg`; returns it for further settings.
+pub fn default_upstream<'a>(
+    cfg: &'a mut Config,
+    url: &str,
+) -> &'a mut agent_registry::config::UpstreamConfig {
+    let mut up = agent_registry::config::UpstreamConfig::new("docker.io", url);
+    up.library_prefix = true;
+    cfg.upstreams.retain(|u| u.name != "docker.io");
+    cfg.upstreams.push(up);
+    cfg.mirror.default_upstream = Some("docker.io".into());
+    let last = cfg.upstreams.len() - 1;
+    &mut cfg.upstreams[last]
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     /// The admin listener, when `server.admin_listen` was set.

@@ -27,6 +27,7 @@ pub const UPSTREAM_REQUEST_DURATION_SECONDS: &str =
 pub const UPSTREAM_RATELIMIT_REMAINING: &str = "agent_registry_upstream_ratelimit_remaining";
 pub const FILLS_IN_FLIGHT: &str = "agent_registry_fills_in_flight";
 pub const FILL_WAITERS_TOTAL: &str = "agent_registry_fill_waiters_total";
+pub const SENDFILE_BYTES_TOTAL: &str = "agent_registry_sendfile_bytes_total";
 pub const FILL_FAILURES_TOTAL: &str = "agent_registry_fill_failures_total";
 pub const PUSH_OPERATIONS_TOTAL: &str = "agent_registry_push_operations_total";
 pub const PULL_OPERATIONS_TOTAL: &str = "agent_registry_pull_operations_total";
@@ -100,6 +101,8 @@ pub const ALL: &[Def] = &[
         "Blob fills from an upstream in progress"),
     def(FILL_WAITERS_TOTAL, C, Unit::Count, &[],
         "Requests that joined a fill already in progress instead of fetching again"),
+    def(SENDFILE_BYTES_TOTAL, C, Unit::Bytes, &[],
+        "Response bytes sent from files with sendfile(2) (plain-HTTP/1 blob bodies)"),
     def(FILL_FAILURES_TOTAL, C, Unit::Count, &["reason"],
         "Blob fills that failed, by reason (not_found, unavailable, mismatch, internal, no_space)"),
     def(PUSH_OPERATIONS_TOTAL, C, Unit::Count, &[],
@@ -188,6 +191,7 @@ fn describe() {
     // Label-less series exist from the start, so a scrape shows 0 rather than nothing.
     for name in [
         FILL_WAITERS_TOTAL,
+        SENDFILE_BYTES_TOTAL,
         PUSH_OPERATIONS_TOTAL,
         PULL_OPERATIONS_TOTAL,
         RATE_LIMITED_TOTAL,
@@ -371,6 +375,11 @@ pub fn fill_finished(failure: Option<FillErrorKind>) {
 /// A request joined a fill in progress.
 pub fn fill_joined() {
     counter!(FILL_WAITERS_TOTAL).increment(1);
+}
+
+/// Bytes sent with sendfile(2).
+pub fn sendfile_bytes(n: usize) {
+    counter!(SENDFILE_BYTES_TOTAL).increment(n as u64);
 }
 
 /// A failed authentication; `reason` is one of a closed set.

@@ -380,16 +380,19 @@ impl Fill {
         // The reader's pin keeps the committed file from eviction until it is done.
         let pin = self.tier.as_ref().map(|t| t.pin(&self.digest));
         let reader = file::Reader::new();
+        // Called while handling the request: on a plain-HTTP/1 connection the bytes go
+        // out with sendfile(2) from the temp file.
+        let splice = crate::server::sendfile::current();
         let state = (
             self.clone(),
             self.progress.clone(),
             start,
             false,
-            (pin, reader),
+            (pin, reader, splice),
         );
         futures_util::stream::unfold(
             state,
-            move |(fill, mut rx, pos, done, (pin, reader))| async move {
+            move |(fill, mut rx, pos, done, (pin, reader, splice))| async move {
                 if done {
                     return None;
                 }
@@ -400,7 +403,7 @@ impl Fill {
                     };
                     if let Some(Err(e)) = &outcome {
                         let err = io::Error::other(e.message.clone());
-                        return Some((Err(err), (fill, rx, pos, true, (pin, reader))));
+                        return Some((Err(err), (fill, rx, pos, true, (pin, reader, splice))));
                     }
                     let limit = end.or(total);
                     if limit.is_some_and(|l| pos >= l) {
@@ -414,13 +417,13 @@ impl Fill {
                     };
                     if pos < avail {
                         let want = limit.map_or(avail, |l| avail.min(l)) - pos;
-                        let read = file::read_chunk(fill.file.clone(), pos, want).await;
+                        let read = file::next_chunk(splice.as_ref(), &fill.file, pos, want).await;
                         return match read {
                             Ok(b) => {
                                 let next = pos + b.len() as u64;
-                                Some((Ok(b), (fill, rx, next, false, (pin, reader))))
+                                Some((Ok(b), (fill, rx, next, false, (pin, reader, splice))))
                             }
-                            Err(e) => Some((Err(e), (fill, rx, pos, true, (pin, reader)))),
+                            Err(e) => Some((Err(e), (fill, rx, pos, true, (pin, reader, splice)))),
                         };
                     }
                     if matches!(outcome, Some(Ok(()))) && pos >= written {
@@ -430,7 +433,7 @@ impl Fill {
                     if rx.changed().await.is_err() {
                         return Some((
                             Err(io::Error::other("fill ended without an outcome")),
-                            (fill, rx, pos, true, (pin, reader)),
+                            (fill, rx, pos, true, (pin, reader, splice)),
                         ));
                     }
                 }

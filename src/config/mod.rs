@@ -89,6 +89,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// A second, plain-HTTP listener for health, metrics and the admin API only.
     pub admin_listen: Option<SocketAddr>,
+    /// Send blob bytes from files with sendfile(2) on plain-HTTP/1 connections.
+    pub sendfile: bool,
 }
 
 /// Who may push to and delete from hosted repositories.
@@ -245,6 +247,7 @@ struct RawServer {
     keep_alive_timeout: String,
     drain_timeout: String,
     admin_listen: String,
+    sendfile: bool,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -325,6 +328,7 @@ impl Config {
             keep_alive_timeout: Duration::from_secs(75),
             drain_timeout: Duration::from_secs(30),
             admin_listen: None,
+            sendfile: true,
         };
         let storage = StorageConfig {
             data_dir: PathBuf::from("./data"),
@@ -386,6 +390,7 @@ impl Config {
                     .admin_listen
                     .map(|a| a.to_string())
                     .unwrap_or_default(),
+                sendfile: server.sendfile,
             },
             tls: tls::show_tls(&self.tls),
             storage: RawStorage {
@@ -456,6 +461,7 @@ impl Config {
                 "" => None,
                 a => Some(o.check("server.admin_listen", parse_socket_addr(a))?),
             },
+            sendfile: server.sendfile,
         };
         let storage = StorageConfig {
             data_dir: PathBuf::from(o.check("storage.data_dir", non_empty(&storage.data_dir))?),

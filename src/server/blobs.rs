@@ -98,7 +98,13 @@ pub async fn serve_file(
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let room = (!head).then(file::reserve);
+    // With sendfile the bytes never pass through memory; otherwise the first chunk is
+    // read in the same blocking trip as the open.
+    let splice = match head {
+        true => None,
+        false => crate::server::sendfile::current(),
+    };
+    let room = (!head && splice.is_none()).then(file::reserve);
     let opened = tokio::task::spawn_blocking(move || open_blob(&path, range.as_deref(), room))
         .await
         .map_err(std::io::Error::other)??;
@@ -118,10 +124,11 @@ pub async fn serve_file(
         RangeReq::Unsatisfiable => return Ok(Some(unsatisfiable(size))),
     };
     let body = match first {
-        None => empty(),
+        _ if head || len == 0 => empty(),
         Some(first) if first.len() as u64 == len => full(first),
-        Some(first) => {
-            let chunks = file::chunks(Arc::new(file), start, start + len, Some(first), reader);
+        first => {
+            let file = Arc::new(file);
+            let chunks = file::chunks(file, start, start + len, first, reader, splice);
             // The pin lives as long as the body streams.
             stream(futures_util::StreamExt::map(chunks, move |c| {
                 let _held = &pin;
@@ -140,13 +147,14 @@ struct Opened {
     file: std::fs::File,
     size: u64,
     range: RangeReq,
-    /// The first chunk of the requested bytes (None for HEAD and unsatisfiable ranges).
+    /// The first chunk of the requested bytes (None for HEAD, unsatisfiable ranges and
+    /// sendfile).
     first: Option<bytes::Bytes>,
     reader: file::Reader,
 }
 
 /// Blocking: open, stat, resolve the range, read the first chunk into `room` (None for
-/// HEAD). None if not on disk.
+/// HEAD and sendfile). None if not on disk.
 fn open_blob(
     path: &std::path::Path,
     range: Option<&str>,

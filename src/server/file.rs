@@ -4,6 +4,7 @@
 //! stays flat however many clients download at once. Used for committed blobs
 //! (`server::blobs`) and for fills in progress (`cache::fill`). Knows nothing about HTTP.
 
+use crate::server::sendfile::Slot;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::fs::File;
@@ -263,26 +264,44 @@ pub async fn read_chunk(file: Arc<File>, pos: u64, max: u64) -> io::Result<Bytes
         .map_err(io::Error::other)?
 }
 
+/// The next chunk of a response from `file` at `pos` (at most `max` bytes): read into
+/// memory, or with `splice` a placeholder the connection sends with sendfile(2).
+pub async fn next_chunk(
+    splice: Option<&Arc<Slot>>,
+    file: &Arc<File>,
+    pos: u64,
+    max: u64,
+) -> io::Result<Bytes> {
+    match splice {
+        Some(slot) => Ok(slot.frame(file, pos, max)),
+        None => read_chunk(file.clone(), pos, max).await,
+    }
+}
+
 /// Bytes `[pos, end)` of `file` as a stream of chunks, starting with `first` (already read
-/// from `pos` by `reader`, if given).
+/// from `pos` by `reader`, if given); placeholders for sendfile(2) with `splice`.
 pub fn chunks(
     file: Arc<File>,
     pos: u64,
     end: u64,
     first: Option<Bytes>,
     reader: Reader,
+    splice: Option<Arc<Slot>>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let state = (file, pos, first, reader);
-    futures_util::stream::try_unfold(state, move |(file, pos, first, reader)| async move {
-        if pos >= end {
-            return Ok(None);
+    futures_util::stream::try_unfold(state, move |(file, pos, first, reader)| {
+        let splice = splice.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let chunk = match first {
+                Some(b) => b,
+                None => next_chunk(splice.as_ref(), &file, pos, end - pos).await?,
+            };
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (file, next, None, reader))))
         }
-        let chunk = match first {
-            Some(b) => b,
-            None => read_chunk(file.clone(), pos, end - pos).await?,
-        };
-        let next = pos + chunk.len() as u64;
-        Ok(Some((chunk, (file, next, None, reader))))
     })
 }
 
@@ -312,10 +331,11 @@ mod tests {
             (0, capacity(CHUNK) + 1),
         ];
         for (s, e) in ranges {
-            let got: Vec<Bytes> = chunks(file.clone(), s as u64, e as u64, None, Reader::new())
-                .try_collect()
-                .await
-                .unwrap();
+            let got: Vec<Bytes> =
+                chunks(file.clone(), s as u64, e as u64, None, Reader::new(), None)
+                    .try_collect()
+                    .await
+                    .unwrap();
             assert!(got
                 .iter()
                 .all(|c| c.len() <= capacity(CHUNK) && !c.is_empty()));
@@ -326,8 +346,9 @@ mod tests {
     #[tokio::test]
     async fn a_short_file_is_an_error_not_a_short_body() {
         let (_t, file) = file_of(b"0123456789");
-        let r: io::Result<Vec<Bytes>> =
-            chunks(file, 5, 20, None, Reader::new()).try_collect().await;
+        let r: io::Result<Vec<Bytes>> = chunks(file, 5, 20, None, Reader::new(), None)
+            .try_collect()
+            .await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 

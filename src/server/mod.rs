@@ -17,6 +17,7 @@ pub mod listing;
 pub mod manifests;
 pub mod router;
 pub mod search;
+pub mod sendfile;
 pub mod systemd;
 pub mod tls;
 pub mod token;
@@ -89,20 +90,34 @@ pub async fn serve(
         let header_timeout = cfg.header_read_timeout;
         // The handshake runs in the connection's task: a slow client never stalls accept.
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let sendfile = cfg.sendfile;
         tokio::spawn(async move {
             let _permit = permit;
             let conn = async {
                 // The TLS handshake has its own timeout; idle tracking starts after it.
-                let stream = match acceptor {
-                    None => Some(Box::new(stream) as Box<dyn Io>),
-                    Some(acceptor) => tls::handshake(acceptor, stream, peer)
-                        .await
-                        .map(|s| Box::new(s) as Box<dyn Io>),
+                let (stream, slot) = match acceptor {
+                    None if sendfile => {
+                        let (io, slot) = sendfile::SendfileIo::new(stream);
+                        (Some(Box::new(io) as Box<dyn Io>), Some(slot))
+                    }
+                    None => (Some(Box::new(stream) as Box<dyn Io>), None),
+                    Some(acceptor) => (
+                        tls::handshake(acceptor, stream, peer)
+                            .await
+                            .map(|s| Box::new(s) as Box<dyn Io>),
+                        None,
+                    ),
                 };
                 if let Some(stream) = stream {
                     activity.touch();
                     let stream = idle::IdleIo::new(stream, activity.clone());
-                    serve_connection(app, &builder, watcher, stream, peer, &activity, false).await;
+                    let conn = Conn {
+                        peer,
+                        activity: &activity,
+                        admin_only: false,
+                        slot,
+                    };
+                    serve_connection(app, &builder, watcher, stream, conn).await;
                 }
             };
             tokio::select! {
@@ -143,6 +158,9 @@ fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
         // the header timeout, hyper only a backstop no shorter than the keep-alive one.
         .header_read_timeout(cfg.keep_alive_timeout.max(cfg.header_read_timeout))
         .max_buf_size(header_size)
+        // Body frames are queued as they are, never copied into hyper's buffer: the
+        // placeholders of `sendfile` must reach the socket by address.
+        .writev(true)
         .keep_alive(true);
     builder
         .http2()
@@ -190,8 +208,14 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
         tokio::spawn(async move {
             let _permit = permit;
             let stream = idle::IdleIo::new(stream, activity.clone());
+            let conn = Conn {
+                peer,
+                activity: &activity,
+                admin_only: true,
+                slot: None,
+            };
             tokio::select! {
-                _ = serve_connection(app, &builder, watcher, stream, peer, &activity, true) => {}
+                _ = serve_connection(app, &builder, watcher, stream, conn) => {}
                 _ = activity.expired(idle_timeout, Some(header_timeout)) => {}
             }
         });
@@ -206,27 +230,45 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
 /// Open connections the admin listener takes at most.
 const ADMIN_CONNECTIONS: usize = 256;
 
+/// What a connection's requests are served with.
+struct Conn<'a> {
+    peer: SocketAddr,
+    activity: &'a Arc<idle::Activity>,
+    /// Answer health, metrics and the admin API, 404 to the rest.
+    admin_only: bool,
+    /// Set on plain TCP with `server.sendfile`: HTTP/1 blob bodies use sendfile(2).
+    slot: Option<Arc<sendfile::Slot>>,
+}
+
 /// Serves HTTP on one connection (plain TCP or TLS) until it closes or shutdown drains it.
-/// `admin_only`: answer health, metrics and the admin API, 404 to the rest.
 async fn serve_connection<I>(
     app: Arc<App>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
-    peer: SocketAddr,
-    activity: &Arc<idle::Activity>,
-    admin_only: bool,
+    conn: Conn<'_>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = activity.clone();
-    let svc = service_fn(move |req| {
+    let Conn {
+        peer,
+        admin_only,
+        slot,
+        ..
+    } = conn;
+    let activity = conn.activity.clone();
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
         let in_flight = activity.request();
+        // HTTP/2 streams share the connection: only HTTP/1 bodies may use placeholders.
+        let slot = match req.version() {
+            http::Version::HTTP_10 | http::Version::HTTP_11 => slot.clone(),
+            _ => None,
+        };
         async move {
             let response = match admin_only {
                 true => app.handle_admin(req, peer).await,
-                false => app.handle(req, peer).await,
+                false => sendfile::scope(slot, app.handle(req, peer)).await,
             };
             drop(in_flight);
             Ok::<_, std::convert::Infallible>(response)

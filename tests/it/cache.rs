@@ -6,21 +6,16 @@
 
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::http::{image_manifest, Http};
+use crate::support::random;
 use crate::support::server::{default_upstream, TestServer};
 use agent_registry::config::{CacheConfig, Policy};
 use agent_registry::oci::Digest;
 use http::{Method, StatusCode};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
-
-pub(crate) fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
 
 /// A mirror of `fake` as docker.io with the cache settings changed by `f`.
 pub(crate) fn mirror(fake: &FakeUpstream, f: impl FnOnce(&mut CacheConfig)) -> TestServer {

@@ -2,9 +2,10 @@
 //! with 100,000 cached blobs, the `agent-registry cache` and `gc` commands, and skopeo
 //! pulling through a capped cache in front of CNCF distribution.
 
-use crate::cache::{disk_bytes, image, mirror, pull, random, settled, MIB};
+use crate::cache::{disk_bytes, image, mirror, pull, settled, MIB};
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::http::Http;
+use crate::support::random;
 use crate::support::server::{default_upstream, TestServer};
 use agent_registry::oci::Digest;
 use http::StatusCode;

@@ -19,6 +19,7 @@ mod data;
 mod workflows;
 
 use crate::support::http::{Http, Resp};
+use crate::support::random;
 use crate::support::server::TestServer;
 use agent_registry::oci::Algorithm;
 use bytes::Bytes;
@@ -64,14 +65,6 @@ pub fn digest_of(alg: Algorithm, bytes: &[u8]) -> String {
 
 pub fn sha256(bytes: &[u8]) -> String {
     digest_of(Algorithm::Sha256, bytes)
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn random(len: usize, seed: u64) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
 }
 
 /// Standard base64 with padding (the encoding of the `data` descriptor field).

@@ -2,8 +2,8 @@
 //! flight; after a restart nothing partial is visible, every stored object matches its
 //! digest, and the chunked upload resumes from what the server acknowledged.
 
+use crate::support::random;
 use agent_registry::oci::Digest;
-use rand::{RngCore, SeedableRng};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -136,12 +136,6 @@ fn stream_body(
         }
         sent
     })
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
 }
 
 /// Every committed file under blobs/ hashes to its own name; tmp/ is empty.

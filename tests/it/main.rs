@@ -20,5 +20,6 @@ mod metrics;
 mod mirror;
 mod mirror_faults;
 mod search;
+mod sendfile;
 mod tls;
 mod upstream;

@@ -15,7 +15,7 @@ use std::time::Duration;
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The sum of every sample of `name` whose labels include all of `labels`.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -35,14 +35,14 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(http: &Http) -> String {
+pub(crate) async fn scrape(http: &Http) -> String {
     let r = http.get("/metrics").await;
     assert_eq!(r.status, StatusCode::OK);
     String::from_utf8(r.body.to_vec()).expect("utf-8")
 }
 
 /// How much `name{labels}` grew between two scrapes.
-fn delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(after, name, labels) - value(before, name, labels)
 }
 

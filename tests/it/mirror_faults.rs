@@ -5,17 +5,11 @@
 use crate::mirror::mirror_of;
 use crate::support::fake_upstream::{AuthMode, FakeUpstream};
 use crate::support::http::{image_manifest, Http};
+use crate::support::random;
 use crate::support::server::TestServer;
 use agent_registry::oci::Digest;
 use http::{Method, StatusCode};
-use rand::{RngCore, SeedableRng};
 use std::time::Duration;
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 

@@ -300,6 +300,6 @@ mod tests {
         assert!(is_placeholder(&PLACEHOLDER[..1]));
         assert!(is_placeholder(&PLACEHOLDER[FRAME - 1..]));
         assert!(!is_placeholder(&PLACEHOLDER[..0]));
-        assert!(!is_placeholder(&vec![0u8; 64]));
+        assert!(!is_placeholder(&[0u8; 64]));
     }
 }

@@ -105,9 +105,14 @@ pub async fn serve_file(
         false => crate::server::sendfile::current(),
     };
     let room = (!head && splice.is_none()).then(file::reserve);
-    let opened = tokio::task::spawn_blocking(move || open_blob(&path, range.as_deref(), room))
-        .await
-        .map_err(std::io::Error::other)??;
+    let opened = match room {
+        // Nothing to read: open and stat (page-cache metadata, microseconds) right here
+        // rather than paying two thread hand-offs through the blocking pool.
+        None => open_blob(&path, range.as_deref(), None)?,
+        room => tokio::task::spawn_blocking(move || open_blob(&path, range.as_deref(), room))
+            .await
+            .map_err(std::io::Error::other)??,
+    };
     let Some(Opened {
         file,
         size,

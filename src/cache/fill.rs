@@ -178,6 +178,12 @@ impl Fills {
     }
 }
 
+/// Feeds a chunk to the digest's hasher and to the blake3 checksum `cache verify` uses.
+fn hash_both(sums: &mut (crate::oci::Hasher, blake3::Hasher), chunk: &[u8]) {
+    sums.0.update(chunk);
+    sums.1.update(chunk);
+}
+
 async fn run(
     storage: &Storage,
     digest: &Digest,
@@ -255,21 +261,20 @@ async fn run(
                             format!("blob {digest}: source sent more than its declared length"),
                         ));
                     }
-                    let buf = if batch.len() == 1 {
-                        batch.swap_remove(0)
-                    } else {
-                        Bytes::from(batch.concat())
-                    };
-                    hasher.update(&buf);
-                    checksum.update(&buf);
-                    if let Err(e) = temp.write(&buf).await {
-                        if let Some(t) = &tier {
-                            t.write.failed(&e);
+                    // Hashed and written on the blocking pool, in place: the runtime
+                    // threads stay free to serve the readers.
+                    let sums = (hasher, checksum);
+                    match temp.append(batch, sums, hash_both).await {
+                        Ok((h, c)) => (hasher, checksum) = (h, c),
+                        Err(e) => {
+                            if let Some(t) = &tier {
+                                t.write.failed(&e);
+                            }
+                            return Err(FillError::new(
+                                FillErrorKind::Internal,
+                                format!("cache write: {e}"),
+                            ));
                         }
-                        return Err(FillError::new(
-                            FillErrorKind::Internal,
-                            format!("cache write: {e}"),
-                        ));
                     }
                     let n = temp.len();
                     tx.send_modify(|p| p.written = n);

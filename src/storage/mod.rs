@@ -104,7 +104,7 @@ impl Storage {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
             hasher.update(&chunk);
-            temp.write(&chunk).await?;
+            temp.write(chunk).await?;
         }
         let _write = self.write_lock.read().await;
         match self.blobs.commit_file(temp, expected, Some(hasher)).await? {

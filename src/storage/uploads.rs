@@ -160,7 +160,7 @@ impl Storage {
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
-            file.write(&chunk).await.map_err(IngestError::from)?;
+            file.write(chunk).await.map_err(IngestError::from)?;
             wrote = true;
         }
         let offset = file.len();

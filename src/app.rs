@@ -271,17 +271,18 @@ impl App {
             upstream = ctx.upstream.as_deref().unwrap_or("-"),
             duration_us = elapsed.as_micros() as u64,
         );
-        self.auth.log_access(crate::auth::store::AccessRecord {
+        let bytes = length.and_then(|l| l.parse().ok());
+        self.auth.log_access(crate::auth::store::AccessEntry {
             ts_ms: crate::auth::store::now_ms(),
-            client: ctx.peer.ip().to_string(),
-            user: identity.to_string(),
-            method: method.to_string(),
-            route: ctx.route.to_string(),
+            client: ctx.peer.ip(),
+            user: ctx.identity.take(),
+            method,
+            route: ctx.route,
             repo: ctx.repo.take(),
             status: resp.status().as_u16(),
-            bytes: length.and_then(|l| l.parse().ok()),
+            bytes,
             duration_us: elapsed.as_micros() as u64,
-            cache: ctx.cache.as_str().to_string(),
+            cache: ctx.cache.as_str(),
         });
         resp
     }

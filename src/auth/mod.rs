@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use store::{AccessRecord, AuditRecord, Store};
+use store::{AccessEntry, AuditRecord, Store};
 
 /// What API tokens start with, so a Bearer value is told apart from a JWT at a glance
 /// (and secret scanners can find leaked ones).
@@ -189,12 +189,14 @@ pub struct Auth {
 }
 
 pub enum LogRecord {
-    Access(AccessRecord),
+    Access(AccessEntry),
     Audit(AuditRecord),
 }
 
 /// Records waiting for the log writer at most; beyond that they are dropped and counted.
 const LOG_QUEUE: usize = 65_536;
+/// Records written in one transaction at most.
+const LOG_BATCH: usize = 8192;
 
 impl Auth {
     pub fn new(cfg: &AuthConfig, data_dir: &Path) -> Result<Auth, String> {
@@ -668,7 +670,7 @@ impl Auth {
         }));
     }
 
-    pub fn log_access(&self, record: AccessRecord) {
+    pub fn log_access(&self, record: AccessEntry) {
         self.queue(LogRecord::Access(record));
     }
 
@@ -686,9 +688,9 @@ impl Auth {
         let auth = self.clone();
         tokio::spawn(async move {
             let mut last_prune = Instant::now();
-            let mut buf = Vec::with_capacity(4096);
+            let mut buf = Vec::with_capacity(LOG_BATCH);
             loop {
-                let n = rx.recv_many(&mut buf, 4096).await;
+                let n = rx.recv_many(&mut buf, LOG_BATCH).await;
                 if n == 0 {
                     break;
                 }
@@ -720,8 +722,11 @@ impl Auth {
                 if let Ok(Err(e)) = res {
                     tracing::warn!(error = %e, "writing the access log failed");
                 }
-                // Batch: let records gather for a moment under load.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Let records gather for a moment, unless a backlog is waiting: the
+                // writer keeps up with tens of thousands of requests a second.
+                if n < LOG_BATCH {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         });
     }

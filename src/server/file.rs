@@ -305,18 +305,20 @@ pub fn chunks(
     })
 }
 
+/// A temp file holding `data` and a read handle on it (tests here and in `sendfile`).
+#[cfg(test)]
+pub(crate) fn file_of(data: &[u8]) -> (tempfile::NamedTempFile, Arc<File>) {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(data).unwrap();
+    let h = Arc::new(File::open(f.path()).unwrap());
+    (f, h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::TryStreamExt;
-    use std::io::Write;
-
-    fn file_of(data: &[u8]) -> (tempfile::NamedTempFile, Arc<File>) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(data).unwrap();
-        let h = Arc::new(File::open(f.path()).unwrap());
-        (f, h)
-    }
 
     #[tokio::test]
     async fn streams_exact_ranges() {

@@ -6,7 +6,7 @@
 use crate::metrics::{delta, scrape};
 use crate::mirror::mirror_of;
 use crate::support::fake_upstream::FakeUpstream;
-use crate::support::http::Http;
+use crate::support::http::{Hashed, Http};
 use crate::support::random;
 use crate::support::server::TestServer;
 use http::{Method, StatusCode};
@@ -14,6 +14,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SENT: &str = "agent_registry_sendfile_bytes_total";
+
+/// The body was all of `bytes`.
+fn assert_whole(r: &Hashed, bytes: &[u8], digest: &str) {
+    assert_eq!((r.len, r.digest.as_str()), (bytes.len() as u64, digest));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_blobs_go_out_with_sendfile_over_http1_and_copied_over_h2() {
@@ -27,10 +32,7 @@ async fn hosted_blobs_go_out_with_sendfile_over_http1_and_copied_over_h2() {
     let before = scrape(&http).await;
     let r = http.get_hashed(&path, &[]).await.expect("whole blob");
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(
-        (r.len, r.digest.as_str()),
-        (bytes.len() as u64, digest.as_str())
-    );
+    assert_whole(&r, &bytes, &digest);
     let r = http
         .send(Method::GET, &path, &[("range", "bytes=1000-2100000")], "")
         .await;
@@ -52,10 +54,7 @@ async fn hosted_blobs_go_out_with_sendfile_over_http1_and_copied_over_h2() {
 
     let h2 = Http::h2(&srv.host());
     let r = h2.get_hashed(&path, &[]).await.expect("h2 body");
-    assert_eq!(
-        (r.len, r.digest.as_str()),
-        (bytes.len() as u64, digest.as_str())
-    );
+    assert_whole(&r, &bytes, &digest);
     let r = h2
         .send(Method::GET, &path, &[("range", "bytes=-5000")], "")
         .await;
@@ -150,10 +149,7 @@ async fn coalesced_readers_of_a_cold_fill_get_its_bytes_with_sendfile() {
     for r in readers {
         let r = r.await.expect("task").expect("body");
         assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(
-            (r.len, r.digest.as_str()),
-            (bytes.len() as u64, digest.as_str())
-        );
+        assert_whole(&r, &bytes, &digest);
     }
     assert_eq!(fake.blob_gets(&digest), 1);
     let after = scrape(&http).await;

@@ -670,8 +670,12 @@ impl Auth {
         }));
     }
 
+    /// Queues a request for the queryable access log (none kept when
+    /// `access_log_max_entries` is 0).
     pub fn log_access(&self, record: AccessEntry) {
-        self.queue(LogRecord::Access(record));
+        if self.policy.load().cfg.access_log_max_entries > 0 {
+            self.queue(LogRecord::Access(record));
+        }
     }
 
     fn queue(&self, r: LogRecord) {
@@ -771,4 +775,41 @@ pub fn admin_token(keys: &jwt::Keys, service: &str) -> String {
 /// Makes a bcrypt hash (cost 12) for config or htpasswd.
 pub fn hash_password(password: &str) -> Result<String, String> {
     bcrypt::hash(password, 12).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> AccessEntry {
+        AccessEntry {
+            ts_ms: store::now_ms(),
+            client: [127, 0, 0, 1].into(),
+            user: None,
+            method: http::Method::GET,
+            route: "manifest",
+            repo: Some("a".into()),
+            status: 200,
+            bytes: Some(10),
+            duration_us: 3,
+            cache: "hit",
+        }
+    }
+
+    #[test]
+    fn requests_are_queued_unless_the_access_log_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let on = Auth::new(&AuthConfig::default(), dir.path()).unwrap();
+        on.log_access(entry());
+        assert_eq!(on.log_tx.capacity(), LOG_QUEUE - 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AuthConfig {
+            access_log_max_entries: 0,
+            ..AuthConfig::default()
+        };
+        let off = Auth::new(&cfg, dir.path()).unwrap();
+        off.log_access(entry());
+        assert_eq!(off.log_tx.capacity(), LOG_QUEUE);
+    }
 }

@@ -335,14 +335,7 @@ pub(super) fn build_auth(raw: RawAuth, o: &Origins) -> Result<AuthConfig, Config
         access_log_max_entries: o.check(
             "auth.access_log_max_entries",
             u64::try_from(raw.access_log_max_entries)
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    format!(
-                        "{} is not a whole number from 1",
-                        raw.access_log_max_entries
-                    )
-                }),
+                .map_err(|_| format!("{} is not a whole number", raw.access_log_max_entries)),
         )?,
     })
 }

@@ -187,5 +187,34 @@ fn manifests(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, hashing, manifests, lookups);
+/// The queryable access log: one batch of entries (the log writer's largest) written as
+/// the writer does, into a table that grows as the benchmark runs.
+fn access_log(c: &mut Criterion) {
+    use agent_registry::auth::store::{now_ms, AccessEntry, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("auth.db");
+    let entry = |i: u64| AccessEntry {
+        ts_ms: now_ms() + i,
+        client: [127, 0, 0, 1].into(),
+        user: None,
+        method: http::Method::GET,
+        route: "manifest",
+        repo: Some(format!("bench/tiny-{:02}", i % 50)),
+        status: 200,
+        bytes: Some(2500),
+        duration_us: 40,
+        cache: "hit",
+    };
+    const BATCH: u64 = 8192;
+    let batch: Vec<AccessEntry> = (0..BATCH).map(entry).collect();
+    let mut g = c.benchmark_group("access_log");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("append_batch_of_8192", |b| {
+        b.iter(|| store.append(black_box(&batch), &[]).expect("append"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routing, hashing, manifests, lookups, access_log);
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 //! hyper-util's auto builder, hands every request to `App::handle`, and shuts down
 //! gracefully. Connection limits (count, header timeout, header size, idle timeout) are
 //! applied here, idle tracking lives in `idle.rs`, the systemd notify protocol in
-//! `systemd.rs`. One file per resource next to this one.
+//! `systemd.rs`. Plain-TCP connections get a `sendfile::SendfileIo` socket, so their
+//! HTTP/1 blob bodies go out with sendfile(2). One file per resource next to this one.
 
 pub mod admin;
 pub mod admin_cache;

@@ -786,26 +786,11 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn entry() -> AccessEntry {
-        AccessEntry {
-            ts_ms: store::now_ms(),
-            client: [127, 0, 0, 1].into(),
-            user: None,
-            method: http::Method::GET,
-            route: "manifest",
-            repo: Some("a".into()),
-            status: 200,
-            bytes: Some(10),
-            duration_us: 3,
-            cache: "hit",
-        }
-    }
-
     #[test]
     fn requests_are_queued_unless_the_access_log_is_off() {
         let dir = tempfile::tempdir().unwrap();
         let on = Auth::new(&AuthConfig::default(), dir.path()).unwrap();
-        on.log_access(entry());
+        on.log_access(AccessEntry::sample(store::now_ms()));
         assert_eq!(on.log_tx.capacity(), LOG_QUEUE - 1);
 
         let dir = tempfile::tempdir().unwrap();
@@ -814,7 +799,7 @@ mod tests {
             ..AuthConfig::default()
         };
         let off = Auth::new(&cfg, dir.path()).unwrap();
-        off.log_access(entry());
+        off.log_access(AccessEntry::sample(store::now_ms()));
         assert_eq!(off.log_tx.capacity(), LOG_QUEUE);
     }
 }

@@ -95,6 +95,25 @@ pub struct AccessEntry {
     pub cache: &'static str,
 }
 
+#[cfg(test)]
+impl AccessEntry {
+    /// An anonymous manifest GET of repository `a` at `ts_ms` (tests).
+    pub(crate) fn sample(ts_ms: u64) -> AccessEntry {
+        AccessEntry {
+            ts_ms,
+            client: [127, 0, 0, 1].into(),
+            user: None,
+            method: http::Method::GET,
+            route: "manifest",
+            repo: Some("a".into()),
+            status: 200,
+            bytes: Some(1),
+            duration_us: 5,
+            cache: "hit",
+        }
+    }
+}
+
 /// One audit event: a login, a failure, a token or permission change, a denied request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
@@ -545,19 +564,7 @@ mod tests {
     fn access_log_prunes_by_age_and_count() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let rec = |ts_ms: u64| AccessEntry {
-            ts_ms,
-            client: [127, 0, 0, 1].into(),
-            user: None,
-            method: http::Method::GET,
-            route: "manifest",
-            repo: Some("a".into()),
-            status: 200,
-            bytes: Some(1),
-            duration_us: 5,
-            cache: "hit",
-        };
-        let batch: Vec<AccessEntry> = (1..=10).map(rec).collect();
+        let batch: Vec<AccessEntry> = (1..=10).map(AccessEntry::sample).collect();
         s.append(&batch, &[]).unwrap();
         assert_eq!(s.prune_access(3, 100).unwrap(), 2);
         assert_eq!(s.prune_access(0, 5).unwrap(), 3);

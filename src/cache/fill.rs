@@ -384,10 +384,10 @@ impl Fill {
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         // The reader's pin keeps the committed file from eviction until it is done.
         let pin = self.tier.as_ref().map(|t| t.pin(&self.digest));
-        let reader = file::Reader::new();
         // Called while handling the request: on a plain-HTTP/1 connection the bytes go
-        // out with sendfile(2) from the temp file.
+        // out with sendfile(2) from the temp file, and take none of the read budget.
         let splice = crate::server::sendfile::current();
+        let reader = splice.is_none().then(file::Reader::new);
         let state = (
             self.clone(),
             self.progress.clone(),

@@ -155,7 +155,8 @@ struct Opened {
     /// The first chunk of the requested bytes (None for HEAD, unsatisfiable ranges and
     /// sendfile).
     first: Option<bytes::Bytes>,
-    reader: file::Reader,
+    /// Counted among the readers into memory when `room` was given.
+    reader: Option<file::Reader>,
 }
 
 /// Blocking: open, stat, resolve the range, read the first chunk into `room` (None for
@@ -172,7 +173,7 @@ fn open_blob(
     };
     let size = file.metadata()?.len();
     let range = parse_range(range, size);
-    let reader = file::Reader::new();
+    let reader = room.is_some().then(file::Reader::new);
     let first = match (room, &range) {
         (None, _) | (_, RangeReq::Unsatisfiable) => None,
         (Some(_), RangeReq::Full) if size == 0 => Some(bytes::Bytes::new()),

@@ -279,13 +279,14 @@ pub async fn next_chunk(
 }
 
 /// Bytes `[pos, end)` of `file` as a stream of chunks, starting with `first` (already read
-/// from `pos` by `reader`, if given); placeholders for sendfile(2) with `splice`.
+/// from `pos`, if given); placeholders for sendfile(2) with `splice`. `reader` counts the
+/// response among those reading into memory (None with `splice`: it takes no budget).
 pub fn chunks(
     file: Arc<File>,
     pos: u64,
     end: u64,
     first: Option<Bytes>,
-    reader: Reader,
+    reader: Option<Reader>,
     splice: Option<Arc<Slot>>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let state = (file, pos, first, reader);
@@ -333,11 +334,17 @@ mod tests {
             (0, capacity(CHUNK) + 1),
         ];
         for (s, e) in ranges {
-            let got: Vec<Bytes> =
-                chunks(file.clone(), s as u64, e as u64, None, Reader::new(), None)
-                    .try_collect()
-                    .await
-                    .unwrap();
+            let got: Vec<Bytes> = chunks(
+                file.clone(),
+                s as u64,
+                e as u64,
+                None,
+                Some(Reader::new()),
+                None,
+            )
+            .try_collect()
+            .await
+            .unwrap();
             assert!(got
                 .iter()
                 .all(|c| c.len() <= capacity(CHUNK) && !c.is_empty()));
@@ -348,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn a_short_file_is_an_error_not_a_short_body() {
         let (_t, file) = file_of(b"0123456789");
-        let r: io::Result<Vec<Bytes>> = chunks(file, 5, 20, None, Reader::new(), None)
+        let r: io::Result<Vec<Bytes>> = chunks(file, 5, 20, None, Some(Reader::new()), None)
             .try_collect()
             .await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);

@@ -322,37 +322,19 @@ impl TempBlob {
 
 /// Writes all of `chunks` at `at`, in as few `pwritev` calls as the kernel allows.
 fn pwrite_all(file: &std::fs::File, chunks: &[Bytes], mut at: u64) -> io::Result<()> {
-    // Index of the first chunk not fully written, and how much of it was.
-    let (mut first, mut skip) = (0, 0);
-    while first < chunks.len() {
-        let slices: Vec<io::IoSlice<'_>> = chunks[first..]
-            .iter()
-            .take(IOV_MAX)
-            .enumerate()
-            .map(|(i, c)| io::IoSlice::new(if i == 0 { &c[skip..] } else { c }))
-            .collect();
-        let mut n = match rustix::io::pwritev(file, &slices, at) {
+    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    // Drops leading empty slices, so an empty `rest` means everything was written.
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        let n = match rustix::io::pwritev(file, &rest[..rest.len().min(IOV_MAX)], at) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         };
         at += n as u64;
-        while n > 0 {
-            let left = chunks[first].len() - skip;
-            if n < left {
-                skip += n;
-                n = 0;
-            } else {
-                n -= left;
-                first += 1;
-                skip = 0;
-            }
-        }
-        while first < chunks.len() && chunks[first].len() == skip {
-            first += 1;
-            skip = 0;
-        }
+        io::IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
 }

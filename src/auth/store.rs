@@ -33,10 +33,65 @@ CREATE TABLE IF NOT EXISTS access (
     method TEXT NOT NULL, route TEXT NOT NULL, repo TEXT, status INTEGER NOT NULL,
     bytes INTEGER, duration_us INTEGER NOT NULL, cache TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS access_ts ON access(ts_ms);
-CREATE INDEX IF NOT EXISTS access_user_ts ON access(user, ts_ms);
-CREATE INDEX IF NOT EXISTS access_repo ON access(repo, route);
+CREATE TABLE IF NOT EXISTS pulls (repo TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 "#;
+
+/// The access log has no index: every one tripled the cost of a record. A record's id
+/// is its timestamp shifted left by this many bits (plus a sequence within the
+/// millisecond, carried into the next when one overflows), so a time range is a range
+/// of row ids. Always `ts_ms <= id >> ID_SHIFT`.
+const ID_SHIFT: u32 = 12;
+
+/// The row id a record at `ts_ms` gets after the row id `last`.
+fn next_access_id(last: i64, ts_ms: u64) -> i64 {
+    let keyed = i64::try_from(ts_ms).unwrap_or(i64::MAX >> ID_SHIFT) << ID_SHIFT;
+    keyed.max(last.saturating_add(1))
+}
+
+/// The lowest row id a record at or after `ts_ms` can have.
+fn first_access_id(ts_ms: u64) -> i64 {
+    i64::try_from(ts_ms).unwrap_or(i64::MAX >> ID_SHIFT) << ID_SHIFT
+}
+
+/// Brings an access log written before its row ids were time-keyed up to date, in one
+/// transaction: counts its pulls, re-keys its ids and drops its three indexes.
+fn migrate_access_log(conn: &mut Connection) -> Result<()> {
+    let legacy: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'access_ts')",
+        [],
+        |r| r.get(0),
+    )?;
+    let tx = conn.transaction()?;
+    if legacy {
+        tx.execute_batch(&format!(
+            "INSERT INTO pulls (repo, count)
+                 SELECT repo, COUNT(*) FROM access
+                 WHERE repo IS NOT NULL AND route = 'manifest' AND method = 'GET' AND status = 200
+                 GROUP BY repo
+                 ON CONFLICT (repo) DO UPDATE SET count = count + excluded.count;
+             UPDATE access SET id = (ts_ms << {ID_SHIFT}) + (id & {seq});
+             DROP INDEX access_ts;
+             DROP INDEX IF EXISTS access_user_ts;
+             DROP INDEX IF EXISTS access_repo;
+             DELETE FROM log_meta WHERE key = 'access_rows';",
+            seq = (1 << ID_SHIFT) - 1
+        ))?;
+    }
+    let counted: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM log_meta WHERE key = 'access_rows')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !counted {
+        tx.execute(
+            "INSERT INTO log_meta (key, value) VALUES ('access_rows', (SELECT COUNT(*) FROM access))",
+            [],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("auth store: {0}")]
@@ -127,6 +182,9 @@ pub struct AuditRecord {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The highest access-log row id (guarded by `conn`'s lock in practice: only
+    /// `append` moves it, holding the connection).
+    last_access_id: std::sync::atomic::AtomicI64,
 }
 
 pub fn now_secs() -> u64 {
@@ -174,13 +232,16 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError(format!("{}: {e}", data_dir.display())))?;
-        let conn = Connection::open(data_dir.join("auth.db"))?;
+        let mut conn = Connection::open(data_dir.join("auth.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        migrate_access_log(&mut conn)?;
+        let last: Option<i64> = conn.query_row("SELECT MAX(id) FROM access", [], |r| r.get(0))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            last_access_id: last.unwrap_or(0).into(),
         })
     }
 
@@ -376,17 +437,28 @@ impl Store {
 
     // Logs.
 
-    /// Writes a batch of records in one transaction.
+    /// Writes a batch of records in one transaction, and adds the batch's successful
+    /// manifest GETs to each repository's pull count.
     pub fn append(&self, access: &[AccessEntry], audit: &[AuditRecord]) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let mut last = self.last_access_id.load(Ordering::Relaxed);
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO access (ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO access (id, ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
+            let mut pulls: std::collections::HashMap<&str, i64> = Default::default();
             for a in access {
+                last = next_access_id(last, a.ts_ms);
+                if let (Some(repo), "manifest", &http::Method::GET, 200) =
+                    (&a.repo, a.route, &a.method, a.status)
+                {
+                    *pulls.entry(repo).or_default() += 1;
+                }
                 st.execute(params![
+                    last,
                     a.ts_ms as i64,
                     a.client.to_string(),
                     a.user.as_deref().unwrap_or("-"),
@@ -399,6 +471,15 @@ impl Store {
                     a.cache
                 ])?;
             }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO pulls (repo, count) VALUES (?1, ?2)
+                 ON CONFLICT (repo) DO UPDATE SET count = count + excluded.count",
+            )?;
+            for (repo, n) in pulls {
+                st.execute(params![repo, n])?;
+            }
+            tx.prepare_cached("UPDATE log_meta SET value = value + ?1 WHERE key = 'access_rows'")?
+                .execute([access.len() as i64])?;
             let mut st = tx.prepare_cached(
                 "INSERT INTO audit (ts_ms, event, user, client, repo, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
@@ -414,10 +495,12 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.last_access_id.store(last, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Requests since `since_ms`, oldest first, at most `limit`; `user` `-` is anonymous.
+    /// Requests since `since_ms`, oldest first, at most `limit` (the newest ones);
+    /// `user` `-` is anonymous. Reads the row-id range from `since_ms` backwards.
     pub fn access_log(
         &self,
         user: Option<&str>,
@@ -427,9 +510,10 @@ impl Store {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
             "SELECT ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache FROM access
-             WHERE ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY ts_ms DESC, id DESC LIMIT ?3",
+             WHERE id >= ?4 AND ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY id DESC LIMIT ?3",
         )?;
-        let rows = st.query_map(params![since_ms as i64, user, limit], |r| {
+        let first = first_access_id(since_ms);
+        let rows = st.query_map(params![since_ms as i64, user, limit, first], |r| {
             Ok(AccessRecord {
                 ts_ms: r.get::<_, i64>(0)? as u64,
                 client: r.get(1)?,
@@ -474,33 +558,57 @@ impl Store {
         Ok(out)
     }
 
-    /// Successful manifest GETs of `repo` still in the access log.
+    /// Successful manifest GETs of `repo` ever written to the access log (pruning
+    /// the log does not lower it).
     pub fn pulls(&self, repo: &str) -> Result<u64> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM access WHERE repo = ?1 AND route = 'manifest' AND method = 'GET' AND status = 200",
-            [repo],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
+        let n: Option<i64> = self
+            .conn()
+            .query_row("SELECT count FROM pulls WHERE repo = ?1", [repo], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
     }
 
     /// Drops access records older than `before_ms`, then the oldest beyond `max`;
     /// returns how many. Audit events are kept ten times as long and as many (denied
     /// requests from a scanner must not grow the file without bound either).
     pub fn prune_access(&self, before_ms: u64, max: u64) -> Result<usize> {
-        let conn = self.conn();
+        let mut conn = self.conn();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut n = 0;
-        for (table, keep_ms, keep) in [
-            ("access", before_ms as i64, max),
-            ("audit", audit_cutoff(before_ms), max.saturating_mul(10)),
-        ] {
-            n += conn.execute(&format!("DELETE FROM {table} WHERE ts_ms < ?1"), [keep_ms])?;
-            n += conn.execute(
-                &format!("DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?1"),
-                [keep],
+        let tx = conn.transaction()?;
+        // Row ids below the cutoff's are all older than it (a few older ones above it,
+        // from a clock that stepped back, go in a later round).
+        let mut gone = tx.execute(
+            "DELETE FROM access WHERE id < ?1",
+            [first_access_id(before_ms)],
+        )?;
+        let rows: i64 = tx.query_row(
+            "SELECT value FROM log_meta WHERE key = 'access_rows'",
+            [],
+            |r| r.get(0),
+        )?;
+        let excess = rows - gone as i64 - max;
+        if excess > 0 {
+            gone += tx.execute(
+                "DELETE FROM access WHERE id <= (SELECT id FROM access ORDER BY id LIMIT 1 OFFSET ?1)",
+                [excess - 1],
             )?;
         }
+        tx.execute(
+            "UPDATE log_meta SET value = value - ?1 WHERE key = 'access_rows'",
+            [gone as i64],
+        )?;
+        let mut n = gone;
+        n += tx.execute(
+            "DELETE FROM audit WHERE ts_ms < ?1",
+            [audit_cutoff(before_ms)],
+        )?;
+        n += tx.execute(
+            "DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?1",
+            [max.saturating_mul(10)],
+        )?;
+        tx.commit()?;
         Ok(n)
     }
 }
@@ -575,7 +683,11 @@ mod tests {
             .map(|r| r.ts_ms)
             .collect();
         assert_eq!(left, [6, 7, 8, 9, 10]);
-        assert_eq!(s.pulls("a").unwrap(), 5);
+        assert_eq!(s.pulls("a").unwrap(), 10, "pruning keeps the pull count");
+        // The count of rows stays true across batches and prunes.
+        s.append(&batch[..3], &[]).unwrap();
+        assert_eq!(s.prune_access(0, 4).unwrap(), 4);
+        assert_eq!(s.access_log(None, 0, 100).unwrap().len(), 4);
         // Audit events live ten times longer: with a one-hour cutoff for requests, a
         // five-hour-old event stays and a day-old one goes.
         let now = now_ms();
@@ -592,6 +704,92 @@ mod tests {
             .unwrap();
         s.prune_access(now - hour, 100).unwrap();
         assert_eq!(s.audit_log(None, 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn access_ids_are_time_keyed_and_increasing() {
+        assert_eq!(next_access_id(0, 5), 5 << ID_SHIFT);
+        // Same millisecond: the sequence; a clock stepping back: still increasing.
+        assert_eq!(next_access_id(5 << ID_SHIFT, 5), (5 << ID_SHIFT) + 1);
+        assert_eq!(next_access_id(9 << ID_SHIFT, 5), (9 << ID_SHIFT) + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ts = [100, 100, 90, 200, 300];
+        let batch: Vec<AccessEntry> = ts.iter().map(|&t| AccessEntry::sample(t)).collect();
+        s.append(&batch, &[]).unwrap();
+        let since = |ms| -> Vec<u64> {
+            let log = s.access_log(None, ms, 100).unwrap();
+            log.iter().map(|r| r.ts_ms).collect()
+        };
+        assert_eq!(since(0), ts, "oldest first, in the order written");
+        assert_eq!(since(100), [100, 100, 200, 300]);
+        assert_eq!(since(201), [300]);
+        let newest: Vec<u64> = s
+            .access_log(None, 0, 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect();
+        assert_eq!(newest, [200, 300]);
+        // A reopened store continues after the highest id.
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        s.append(&[AccessEntry::sample(50)], &[]).unwrap();
+        assert_eq!(s.access_log(None, 0, 1).unwrap()[0].ts_ms, 50);
+    }
+
+    #[test]
+    fn access_log_of_an_older_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The schema before time-keyed ids, with rows in it.
+            let c = Connection::open(dir.path().join("auth.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE access (
+                    id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, client TEXT NOT NULL, user TEXT NOT NULL,
+                    method TEXT NOT NULL, route TEXT NOT NULL, repo TEXT, status INTEGER NOT NULL,
+                    bytes INTEGER, duration_us INTEGER NOT NULL, cache TEXT NOT NULL);
+                 CREATE INDEX access_ts ON access(ts_ms);
+                 CREATE INDEX access_user_ts ON access(user, ts_ms);
+                 CREATE INDEX access_repo ON access(repo, route);
+                 INSERT INTO access (ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache) VALUES
+                    (10, '1.2.3.4', '-', 'GET', 'manifest', 'a', 200, 1, 1, 'hit'),
+                    (10, '1.2.3.4', 'bob', 'GET', 'manifest', 'a', 200, 1, 1, 'hit'),
+                    (20, '1.2.3.4', '-', 'GET', 'manifest', 'a', 404, 1, 1, 'miss'),
+                    (30, '1.2.3.4', '-', 'GET', 'blob', 'a', 200, 1, 1, 'hit');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let ts: Vec<u64> = s
+            .access_log(None, 10, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.ts_ms)
+            .collect();
+        assert_eq!(ts, [10, 10, 20, 30]);
+        assert_eq!(s.access_log(Some("bob"), 0, 100).unwrap().len(), 1);
+        assert_eq!(s.access_log(None, 11, 100).unwrap().len(), 2);
+        assert_eq!(s.pulls("a").unwrap(), 2);
+        // New records go after the migrated ones, and the row count is right.
+        s.append(&[AccessEntry::sample(40)], &[]).unwrap();
+        assert_eq!(s.access_log(None, 0, 1).unwrap()[0].ts_ms, 40);
+        assert_eq!(s.pulls("a").unwrap(), 3);
+        assert_eq!(s.prune_access(0, 2).unwrap(), 3);
+        let indexes: i64 = s
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'access%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
+        // Opening again does not migrate or count twice.
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.pulls("a").unwrap(), 3);
+        assert_eq!(s.access_log(None, 0, 100).unwrap().len(), 2);
     }
 
     #[test]

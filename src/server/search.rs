@@ -163,7 +163,7 @@ pub async fn handle(app: &Arc<App>, id: &Identity, uri: &Uri) -> Result<Response
     ))
 }
 
-/// Successful manifest pulls of `repo` in the access log's retention window.
+/// Successful manifest pulls of `repo` counted by the access log (all time).
 async fn downloads(app: &Arc<App>, repo: &str) -> u64 {
     let (store, repo) = (app.auth.store.clone(), repo.to_string());
     tokio::task::spawn_blocking(move || store.pulls(&repo).unwrap_or(0))

@@ -182,6 +182,10 @@ pub struct AuditRecord {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// For the log queries: a scan of the access log (a `--user` filter reads the
+    /// whole time range) never holds up token lookups or the log writer (WAL readers
+    /// do not block the writer).
+    reader: Mutex<Connection>,
     /// The highest access-log row id (guarded by `conn`'s lock in practice: only
     /// `append` moves it, holding the connection).
     last_access_id: std::sync::atomic::AtomicI64,
@@ -239,14 +243,21 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         migrate_access_log(&mut conn)?;
         let last: Option<i64> = conn.query_row("SELECT MAX(id) FROM access", [], |r| r.get(0))?;
+        let reader = Connection::open(data_dir.join("auth.db"))?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             last_access_id: last.unwrap_or(0).into(),
         })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // API tokens.
@@ -507,7 +518,7 @@ impl Store {
         since_ms: u64,
         limit: u32,
     ) -> Result<Vec<AccessRecord>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache FROM access
              WHERE id >= ?4 AND ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY id DESC LIMIT ?3",
@@ -538,7 +549,7 @@ impl Store {
         since_ms: u64,
         limit: u32,
     ) -> Result<Vec<AuditRecord>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT ts_ms, event, user, client, repo, detail FROM audit
              WHERE ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY ts_ms DESC, id DESC LIMIT ?3",
@@ -736,6 +747,24 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         s.append(&[AccessEntry::sample(50)], &[]).unwrap();
         assert_eq!(s.access_log(None, 0, 1).unwrap()[0].ts_ms, 50);
+    }
+
+    #[test]
+    fn log_queries_do_not_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        s.append(&[AccessEntry::sample(7)], &[]).unwrap();
+        // The writer's connection is busy (a batch being written, a token lookup)...
+        let mut writer = s.conn();
+        let tx = writer.transaction().unwrap();
+        tx.execute("DELETE FROM access", []).unwrap();
+        // ...and a query still answers, from the last committed state.
+        let (done, rx) = std::sync::mpsc::channel();
+        let q = s.clone();
+        std::thread::spawn(move || done.send(q.access_log(None, 0, 10).map(|l| l.len())));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(got.expect("the query waited for the writer").unwrap(), 1);
+        drop(tx);
     }
 
     #[test]

@@ -277,30 +277,127 @@ pub fn request<B: http_body::Body>(
         Some(_) => ctx.cache.as_str(),
         None => "none",
     };
-    counter!(REQUESTS_TOTAL, "route" => ctx.route, "method" => method,
-        "status_class" => status_class(status), "cache" => cache)
-    .increment(1);
-    histogram!(REQUEST_DURATION_SECONDS, "route" => ctx.route, "method" => method)
-        .record(elapsed.as_secs_f64());
     let get = method == "GET";
-    if ctx.route == "manifest" {
-        match (method, status) {
-            ("GET", StatusCode::OK) => counter!(PULL_OPERATIONS_TOTAL).increment(1),
-            ("PUT", StatusCode::CREATED) => counter!(PUSH_OPERATIONS_TOTAL).increment(1),
-            _ => {}
-        }
-    }
-    if get && ctx.repo.is_some() && matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT) {
-        let len = resp
+    let pull_or_push = match (ctx.route, method, status) {
+        ("manifest", "GET", StatusCode::OK) => Some(PULL_OPERATIONS_TOTAL),
+        ("manifest", "PUT", StatusCode::CREATED) => Some(PUSH_OPERATIONS_TOTAL),
+        _ => None,
+    };
+    let served = match get
+        && ctx.repo.is_some()
+        && matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
+    {
+        true => resp
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| resp.body().size_hint().exact());
-        if let Some(n) = len {
-            let source = served_from(ctx);
-            counter!(SERVED_BYTES_TOTAL, "source" => source.as_str()).increment(n);
+            .or_else(|| resp.body().size_hint().exact())
+            .map(|n| (served_from(ctx).as_str(), n)),
+        false => None,
+    };
+    let labels = [ctx.route, method, status_class(status), cache];
+    SERIES.with_borrow_mut(|series| {
+        series.requests(labels).increment(1);
+        series
+            .duration([ctx.route, method])
+            .record(elapsed.as_secs_f64());
+        if let Some(name) = pull_or_push {
+            series.operations(name).increment(1);
         }
+        if let Some((source, n)) = served {
+            series.served(source).increment(n);
+        }
+    });
+}
+
+/// Label values as the addresses of their `&'static str`s: a cheap key (two equal
+/// strings at different addresses only make two handles of the same series).
+type LabelKey<const N: usize> = [usize; N];
+
+fn label_key<const N: usize>(labels: [&'static str; N]) -> LabelKey<N> {
+    labels.map(|l| l.as_ptr() as usize ^ l.len().rotate_left(48))
+}
+
+/// A multiply-xor hasher for the few words of a [`LabelKey`].
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type Handles<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<WordHasher>>;
+
+/// Handles of the per-request series, per thread. Looking a series up in the registry
+/// hashes its name and labels and builds its key: about ten allocations a request for
+/// these four series, against one hash of a few words here. Before the recorder is
+/// installed nothing is kept (a handle taken then would record nowhere).
+#[derive(Default)]
+struct Series {
+    requests: Handles<LabelKey<4>, ::metrics::Counter>,
+    durations: Handles<LabelKey<2>, ::metrics::Histogram>,
+    operations: Handles<LabelKey<1>, ::metrics::Counter>,
+    served: Handles<LabelKey<1>, ::metrics::Counter>,
+}
+
+thread_local! {
+    static SERIES: std::cell::RefCell<Series> = std::cell::RefCell::default();
+}
+
+/// `make()` once per key after the recorder is installed; before it, every time.
+fn handle<K: Eq + std::hash::Hash, V: Clone>(
+    map: &mut Handles<K, V>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> V {
+    if HANDLE.get().is_none() {
+        return make();
+    }
+    map.entry(key).or_insert_with(make).clone()
+}
+
+impl Series {
+    fn requests(&mut self, [route, method, class, cache]: [&'static str; 4]) -> ::metrics::Counter {
+        let key = label_key([route, method, class, cache]);
+        handle(&mut self.requests, key, || {
+            counter!(REQUESTS_TOTAL, "route" => route, "method" => method,
+                "status_class" => class, "cache" => cache)
+        })
+    }
+
+    fn duration(&mut self, [route, method]: [&'static str; 2]) -> ::metrics::Histogram {
+        let key = label_key([route, method]);
+        handle(
+            &mut self.durations,
+            key,
+            || histogram!(REQUEST_DURATION_SECONDS, "route" => route, "method" => method),
+        )
+    }
+
+    fn operations(&mut self, name: &'static str) -> ::metrics::Counter {
+        handle(&mut self.operations, label_key([name]), || counter!(name))
+    }
+
+    fn served(&mut self, source: &'static str) -> ::metrics::Counter {
+        handle(
+            &mut self.served,
+            label_key([source]),
+            || counter!(SERVED_BYTES_TOTAL, "source" => source),
+        )
     }
 }
 
@@ -453,6 +550,25 @@ pub fn render(app: &App) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_keys_tell_label_values_apart() {
+        // A value that is a prefix of another may share its address.
+        let s: &'static str = "GETX";
+        assert_ne!(label_key([&s[..3]]), label_key([s]));
+        assert_ne!(label_key(["a", "b"]), label_key(["b", "a"]));
+        assert_eq!(label_key([s, "x"]), label_key([s, "x"]));
+        let mut series = Series::default();
+        install();
+        for labels in [
+            ["manifest", "GET", "2xx", "hit"],
+            ["manifest", "GET", "2xx", "hit"],
+            ["blob", "GET", "2xx", "hit"],
+        ] {
+            series.requests(labels).increment(0);
+        }
+        assert_eq!(series.requests.len(), 2, "one handle per label set");
+    }
 
     #[test]
     fn names_follow_the_convention_and_are_unique() {

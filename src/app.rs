@@ -240,15 +240,16 @@ impl App {
             *resp.body_mut() = crate::server::body::empty();
         }
         let h = resp.headers_mut();
+        use crate::server::body::{DOCKER_DISTRIBUTION_API_VERSION, OCI_NAMESPACE, X_CACHE};
         h.insert(
-            "docker-distribution-api-version",
+            DOCKER_DISTRIBUTION_API_VERSION,
             HeaderValue::from_static("registry/2.0"),
         );
         if let Some(ns) = &ctx.ns {
-            h.insert("oci-namespace", crate::server::body::hv(ns));
+            h.insert(OCI_NAMESPACE, crate::server::body::hv(ns));
         }
         if ctx.upstream.is_some() {
-            h.insert("x-cache", HeaderValue::from_static(ctx.cache.as_str()));
+            h.insert(X_CACHE, HeaderValue::from_static(ctx.cache.as_str()));
         }
         let elapsed = start.elapsed();
         crate::metrics::request(&ctx, &method, &resp, elapsed);

@@ -3,7 +3,7 @@
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, ErrorCode, RepoName};
-use crate::server::body::{empty, full, hv, status, stream, Body};
+use crate::server::body::{empty, full, hv, hv_owned, status, stream, Body, DOCKER_CONTENT_DIGEST};
 use crate::server::file;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use std::sync::Arc;
@@ -211,7 +211,7 @@ pub fn blob_headers(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    h.insert("docker-content-digest", hv(&digest.to_string()));
+    h.insert(DOCKER_CONTENT_DIGEST, hv_owned(digest.to_string()));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
     if code == StatusCode::PARTIAL_CONTENT {

@@ -4,7 +4,7 @@ use crate::error::Error;
 use crate::oci::errors::error_body;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, BodyStream, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use std::io;
@@ -54,6 +54,20 @@ pub async fn read_limited(body: ReqBody, limit: u64) -> Result<Option<Bytes>, Bo
 pub fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
+
+/// [`hv`] of a string made for the header: its buffer becomes the value, uncopied.
+pub fn hv_owned(s: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+// Header names the registry sends on hot paths, made once: a name given as a string is
+// copied into a new allocation on every insert.
+pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+pub const DOCKER_DISTRIBUTION_API_VERSION: HeaderName =
+    HeaderName::from_static("docker-distribution-api-version");
+pub const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// A response with the given status and an empty body.
 pub fn status(code: StatusCode) -> Response<Body> {

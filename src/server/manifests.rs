@@ -3,7 +3,9 @@
 use crate::app::{location, query, App};
 use crate::error::{Error, Result};
 use crate::oci::{manifest, Digest, ErrorCode, Reference, RepoName};
-use crate::server::body::{empty, full, hv, read_limited, status, Body, ReqBody};
+use crate::server::body::{
+    empty, full, hv, hv_owned, read_limited, status, Body, ReqBody, DOCKER_CONTENT_DIGEST,
+};
 use crate::storage::{Commit, NewManifest};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -96,6 +98,8 @@ pub fn respond_bytes(
 ) -> Response<Body> {
     let size = bytes.len() as u64;
     let mut r = Response::new(full(bytes));
+    // Room for these and the ones `App::handle` adds, without growing.
+    *r.headers_mut() = http::HeaderMap::with_capacity(8);
     headers(&mut r, d, media_type, size, warning);
     r
 }
@@ -104,8 +108,8 @@ fn headers(r: &mut Response<Body>, d: &Digest, media_type: &str, size: u64, warn
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(media_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    h.insert("docker-content-digest", hv(&d.to_string()));
-    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    h.insert(DOCKER_CONTENT_DIGEST, hv_owned(d.to_string()));
+    h.insert(header::ETAG, hv_owned(format!("\"{d}\"")));
     if let Some(w) = warning {
         h.insert(header::WARNING, hv(w));
     }
@@ -217,7 +221,7 @@ pub async fn put(
     *resp.status_mut() = StatusCode::CREATED;
     location(&mut resp, &format!("/v2/{name}/manifests/{digest}"));
     let h = resp.headers_mut();
-    h.insert("docker-content-digest", hv(&digest.to_string()));
+    h.insert(DOCKER_CONTENT_DIGEST, hv_owned(digest.to_string()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     if let Some(s) = subject {
         h.insert("oci-subject", hv(&s));

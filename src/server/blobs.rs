@@ -213,7 +213,7 @@ pub fn blob_headers(
     );
     h.insert(DOCKER_CONTENT_DIGEST, hv_owned(digest.to_string()));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    h.insert(header::ETAG, hv_owned(format!("\"{digest}\"")));
     if code == StatusCode::PARTIAL_CONTENT {
         h.insert(
             header::CONTENT_RANGE,

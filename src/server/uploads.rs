@@ -5,7 +5,7 @@ use crate::app::{location, query, query_get, App};
 use crate::error::{Error, Result};
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::blobs::parse_digest;
-use crate::server::body::{data_stream, hv, status, Body, ReqBody};
+use crate::server::body::{data_stream, hv, status, Body, ReqBody, DOCKER_CONTENT_DIGEST};
 use crate::storage::Ingest;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ fn created(name: &RepoName, digest: &str) -> Response<Body> {
     let mut r = status(StatusCode::CREATED);
     location(&mut r, &format!("/v2/{name}/blobs/{digest}"));
     let h = r.headers_mut();
-    h.insert("docker-content-digest", hv(digest));
+    h.insert(DOCKER_CONTENT_DIGEST, hv(digest));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     r
 }

@@ -209,8 +209,8 @@ fn access_log(c: &mut Criterion) {
     let mut g = c.benchmark_group("access_log");
     g.sample_size(10);
     g.throughput(Throughput::Elements(BATCH));
-    // Time moves on between batches, as it does for the writer: the time indexes grow
-    // at their right edge.
+    // Time moves on between batches, as it does for the writer: the time-keyed row ids
+    // grow at the table's right edge.
     let mut next = 0u64;
     g.bench_function("append_batch_of_8192", |b| {
         b.iter_batched(

@@ -186,9 +186,6 @@ pub struct Store {
     /// whole time range) never holds up token lookups or the log writer (WAL readers
     /// do not block the writer).
     reader: Mutex<Connection>,
-    /// The highest access-log row id (guarded by `conn`'s lock in practice: only
-    /// `append` moves it, holding the connection).
-    last_access_id: std::sync::atomic::AtomicI64,
 }
 
 pub fn now_secs() -> u64 {
@@ -242,13 +239,11 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         migrate_access_log(&mut conn)?;
-        let last: Option<i64> = conn.query_row("SELECT MAX(id) FROM access", [], |r| r.get(0))?;
         let reader = Connection::open(data_dir.join("auth.db"))?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
-            last_access_id: last.unwrap_or(0).into(),
         })
     }
 
@@ -451,10 +446,12 @@ impl Store {
     /// Writes a batch of records in one transaction, and adds the batch's successful
     /// manifest GETs to each repository's pull count.
     pub fn append(&self, access: &[AccessEntry], audit: &[AuditRecord]) -> Result<()> {
-        use std::sync::atomic::Ordering;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut last = self.last_access_id.load(Ordering::Relaxed);
+        // The rowid B-tree's right edge: one seek per batch.
+        let mut last: i64 = tx
+            .prepare_cached("SELECT IFNULL(MAX(id), 0) FROM access")?
+            .query_row([], |r| r.get(0))?;
         {
             let mut st = tx.prepare_cached(
                 "INSERT INTO access (id, ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache)
@@ -506,7 +503,6 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.last_access_id.store(last, Ordering::Relaxed);
         Ok(())
     }
 
@@ -573,7 +569,7 @@ impl Store {
     /// the log does not lower it).
     pub fn pulls(&self, repo: &str) -> Result<u64> {
         let n: Option<i64> = self
-            .conn()
+            .reader()
             .query_row("SELECT count FROM pulls WHERE repo = ?1", [repo], |r| {
                 r.get(0)
             })
@@ -646,6 +642,12 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
 mod tests {
     use super::*;
 
+    /// The timestamps `access_log(None, since_ms, limit)` returns.
+    fn stamps(s: &Store, since_ms: u64, limit: u32) -> Vec<u64> {
+        let log = s.access_log(None, since_ms, limit).unwrap();
+        log.iter().map(|r| r.ts_ms).collect()
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
@@ -687,13 +689,7 @@ mod tests {
         s.append(&batch, &[]).unwrap();
         assert_eq!(s.prune_access(3, 100).unwrap(), 2);
         assert_eq!(s.prune_access(0, 5).unwrap(), 3);
-        let left: Vec<u64> = s
-            .access_log(None, 0, 100)
-            .unwrap()
-            .iter()
-            .map(|r| r.ts_ms)
-            .collect();
-        assert_eq!(left, [6, 7, 8, 9, 10]);
+        assert_eq!(stamps(&s, 0, 100), [6, 7, 8, 9, 10]);
         assert_eq!(s.pulls("a").unwrap(), 10, "pruning keeps the pull count");
         // The count of rows stays true across batches and prunes.
         s.append(&batch[..3], &[]).unwrap();
@@ -728,20 +724,10 @@ mod tests {
         let ts = [100, 100, 90, 200, 300];
         let batch: Vec<AccessEntry> = ts.iter().map(|&t| AccessEntry::sample(t)).collect();
         s.append(&batch, &[]).unwrap();
-        let since = |ms| -> Vec<u64> {
-            let log = s.access_log(None, ms, 100).unwrap();
-            log.iter().map(|r| r.ts_ms).collect()
-        };
-        assert_eq!(since(0), ts, "oldest first, in the order written");
-        assert_eq!(since(100), [100, 100, 200, 300]);
-        assert_eq!(since(201), [300]);
-        let newest: Vec<u64> = s
-            .access_log(None, 0, 2)
-            .unwrap()
-            .iter()
-            .map(|r| r.ts_ms)
-            .collect();
-        assert_eq!(newest, [200, 300]);
+        assert_eq!(stamps(&s, 0, 100), ts, "oldest first, in the order written");
+        assert_eq!(stamps(&s, 100, 100), [100, 100, 200, 300]);
+        assert_eq!(stamps(&s, 201, 100), [300]);
+        assert_eq!(stamps(&s, 0, 2), [200, 300], "the newest");
         // A reopened store continues after the highest id.
         drop(s);
         let s = Store::open(dir.path()).unwrap();
@@ -790,13 +776,7 @@ mod tests {
             .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        let ts: Vec<u64> = s
-            .access_log(None, 10, 100)
-            .unwrap()
-            .iter()
-            .map(|r| r.ts_ms)
-            .collect();
-        assert_eq!(ts, [10, 10, 20, 30]);
+        assert_eq!(stamps(&s, 10, 100), [10, 10, 20, 30]);
         assert_eq!(s.access_log(Some("bob"), 0, 100).unwrap().len(), 1);
         assert_eq!(s.access_log(None, 11, 100).unwrap().len(), 2);
         assert_eq!(s.pulls("a").unwrap(), 2);

@@ -327,8 +327,16 @@ impl std::hash::Hasher for WordHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    /// A key's words arrive as one slice of bytes (integers hash as a slice): taken a
+    /// word at a time.
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            self.write_u64(u64::from_ne_bytes(word));
+        }
+        for b in words.remainder() {
             self.write_u64(u64::from(*b));
         }
     }

@@ -1,7 +1,8 @@
 //! Single-flight fills: exactly one fetch per missing digest, however many readers.
 //!
 //! The first reader of a missing blob starts a `Fill`: a task, detached from every client,
-//! that pulls bytes from a `Source` into a temp file while hashing them. Every reader
+//! that pulls bytes from a `Source` into a temp file while hashing them (write, hash and
+//! the next receive overlap; readers wait for the write only). Every reader
 //! (the first one, later ones, Range requests) reads that temp file by offset as bytes
 //! arrive, through its own read handle, and is woken through a `watch` channel. When the
 //! source is exhausted the digest is checked: on a match the file is committed under its
@@ -178,10 +179,66 @@ impl Fills {
     }
 }
 
-/// Feeds a chunk to the digest's hasher and to the blake3 checksum `cache verify` uses.
-fn hash_both(sums: &mut (crate::oci::Hasher, blake3::Hasher), chunk: &[u8]) {
-    sums.0.update(chunk);
-    sums.1.update(chunk);
+/// A batch from a fill's source: the first chunk waited for, then every chunk already
+/// there, up to `WRITE_BATCH` bytes (one write call, one wake-up for the readers).
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+    /// After these chunks the source ended (Ok) or broke off (Err).
+    end: Option<Result<(), FillError>>,
+}
+
+async fn next_batch(stream: &mut BoxStream<'static, Result<Bytes, FillError>>) -> Batch {
+    let mut b = Batch::default();
+    let take = |b: &mut Batch, item: Option<Result<Bytes, FillError>>| match item {
+        Some(Ok(c)) => {
+            b.len += c.len();
+            b.chunks.push(c);
+        }
+        Some(Err(e)) => b.end = Some(Err(e)),
+        None => b.end = Some(Ok(())),
+    };
+    take(&mut b, stream.next().await);
+    while b.end.is_none() && b.len < WRITE_BATCH {
+        match stream.next().now_or_never() {
+            Some(item) => take(&mut b, item),
+            None => break,
+        }
+    }
+    b
+}
+
+/// The hashing lane of a fill: each batch is fed to the digest's hasher on the blocking
+/// pool while it is written and the next one is received. A batch's hash starts once
+/// the previous batch's is done (the hasher passes from one to the next), so at most one
+/// hash runs per fill and the fill never gets more than one batch ahead of its hashing.
+enum Hashing {
+    Idle(Box<crate::oci::Hasher>),
+    Busy(tokio::task::JoinHandle<Box<crate::oci::Hasher>>),
+}
+
+impl Hashing {
+    /// The hasher over every batch handed in so far.
+    async fn finish(self) -> Result<Box<crate::oci::Hasher>, FillError> {
+        match self {
+            Hashing::Idle(s) => Ok(s),
+            Hashing::Busy(h) => h
+                .await
+                .map_err(|e| FillError::new(FillErrorKind::Internal, format!("hashing: {e}"))),
+        }
+    }
+
+    /// Waits for the previous batch's hash, then starts hashing `batch`.
+    async fn feed(self, batch: Vec<Bytes>) -> Result<Hashing, FillError> {
+        let mut hasher = self.finish().await?;
+        Ok(Hashing::Busy(tokio::task::spawn_blocking(move || {
+            for c in &batch {
+                hasher.update(c);
+            }
+            hasher
+        })))
+    }
 }
 
 async fn run(
@@ -195,8 +252,7 @@ async fn run(
     // Nothing evicts this digest while it is being filled.
     let _pin = tier.as_ref().map(|t| t.pin(digest));
     let mut reservation = None;
-    let mut hasher = digest.algorithm().hasher();
-    let mut checksum = blake3::Hasher::new();
+    let mut hashing = Hashing::Idle(Box::new(digest.algorithm().hasher()));
     let mut total: Option<u64> = None;
     let mut resumes = 0;
     loop {
@@ -225,48 +281,39 @@ async fn run(
                 }
                 let mut stream = opened.stream;
                 let mut broke = None;
-                let mut ended = false;
-                while !ended && broke.is_none() {
-                    // Take every chunk that is already there (up to WRITE_BATCH) and
-                    // write them with one call: one blocking-pool trip, one wake-up.
-                    let mut batch = match stream.next().await {
-                        Some(Ok(b)) => vec![b],
-                        Some(Err(e)) => {
-                            broke = Some(e);
-                            break;
-                        }
-                        None => break,
-                    };
-                    let mut len = batch[0].len();
-                    while len < WRITE_BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(Ok(b))) => {
-                                len += b.len();
-                                batch.push(b);
-                            }
-                            Some(Some(Err(e))) => {
-                                broke = Some(e);
-                                break;
-                            }
-                            Some(None) => {
-                                ended = true;
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
+                let mut next = next_batch(&mut stream).await;
+                loop {
+                    let Batch { chunks, len, end } = std::mem::take(&mut next);
                     if total.is_some_and(|t| temp.len() + len as u64 > t) {
                         return Err(FillError::new(
                             FillErrorKind::Mismatch,
                             format!("blob {digest}: source sent more than its declared length"),
                         ));
                     }
-                    // Hashed and written on the blocking pool, in place: the runtime
-                    // threads stay free to serve the readers.
-                    let sums = (hasher, checksum);
-                    match temp.append(batch, sums, hash_both).await {
-                        Ok((h, c)) => (hasher, checksum) = (h, c),
-                        Err(e) => {
+                    if !chunks.is_empty() {
+                        // The batch is written and hashed on the blocking pool side by
+                        // side while the next one is received. Readers get it once it
+                        // is written, without waiting for its hash (the last byte still
+                        // waits for the whole digest), and the runtime threads stay
+                        // free to serve them.
+                        let more = end.is_none();
+                        let copy = chunks.clone();
+                        let write = async {
+                            temp.write_chunks(copy).await?;
+                            let n = temp.len();
+                            tx.send_modify(|p| p.written = n);
+                            io::Result::Ok(())
+                        };
+                        let ahead = async {
+                            match more {
+                                true => Some(next_batch(&mut stream).await),
+                                false => None,
+                            }
+                        };
+                        let (written, fed, following) =
+                            tokio::join!(write, hashing.feed(chunks), ahead);
+                        hashing = fed?;
+                        if let Err(e) = written {
                             if let Some(t) = &tier {
                                 t.write.failed(&e);
                             }
@@ -275,9 +322,18 @@ async fn run(
                                 format!("cache write: {e}"),
                             ));
                         }
+                        if let Some(f) = following {
+                            next = f;
+                        }
                     }
-                    let n = temp.len();
-                    tx.send_modify(|p| p.written = n);
+                    match end {
+                        None => {}
+                        Some(Ok(())) => break,
+                        Some(Err(e)) => {
+                            broke = Some(e);
+                            break;
+                        }
+                    }
                 }
                 match (broke, total) {
                     (Some(e), _) => Some(e),
@@ -301,6 +357,7 @@ async fn run(
             Some(e) => return Err(e),
         }
     }
+    let hasher = *hashing.finish().await?;
     let actual = hasher.clone().finish();
     if actual != *digest {
         return Err(FillError::new(
@@ -326,18 +383,14 @@ async fn run(
         tracing::debug!(digest = %digest, size = temp.len(), "blob served but not cached: no room in the cache");
         return Ok(());
     };
+    // The blake3 checksum `cache verify` compares against, taken from the file while its
+    // pages are hot, after the clients had their last byte (none if it cannot be read:
+    // verify then rehashes with the digest's algorithm).
+    let sum = super::admin::blake3_file(temp.path()).await.ok();
     match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
         Ok(Commit::Stored { size }) => {
-            let sum = checksum.finalize().to_hex().to_string();
-            tier.admit(
-                digest,
-                size,
-                ObjKind::Blob,
-                Vec::new(),
-                Some(sum),
-                reservation,
-            )
-            .await;
+            tier.admit(digest, size, ObjKind::Blob, Vec::new(), sum, reservation)
+                .await;
         }
         // The clients got verified bytes; only the cached copy is lost (e.g. a full disk).
         Ok(Commit::Mismatch { actual }) => {

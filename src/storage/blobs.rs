@@ -276,35 +276,23 @@ pub struct TempBlob {
 impl TempBlob {
     /// Appends `bytes`. Once it returns they are in the file for concurrent readers.
     pub async fn write(&mut self, bytes: Bytes) -> io::Result<()> {
-        self.append(vec![bytes], (), |_, _| {}).await
+        self.write_chunks(vec![bytes]).await
     }
 
-    /// Appends `chunks` with positioned vectored writes on the blocking pool, after
-    /// running `visit` over each chunk there (hashing: the bytes are walked once more
-    /// on a blocking thread instead of a runtime thread, and never copied). Returns the
-    /// state `visit` updated. Once it returns the bytes are in the file.
-    pub async fn append<S: Send + 'static>(
-        &mut self,
-        chunks: Vec<Bytes>,
-        mut state: S,
-        visit: fn(&mut S, &[u8]),
-    ) -> io::Result<S> {
+    /// Appends `chunks` with positioned vectored writes on the blocking pool (never
+    /// copied on this side). Once it returns they are in the file for concurrent readers.
+    pub async fn write_chunks(&mut self, chunks: Vec<Bytes>) -> io::Result<()> {
         let file = self
             .file
             .clone()
             .ok_or_else(|| io::Error::other("temp blob already closed"))?;
         let at = self.len;
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let state = tokio::task::spawn_blocking(move || {
-            for c in &chunks {
-                visit(&mut state, c);
-            }
-            pwrite_all(&file, &chunks, at).map(|()| state)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || pwrite_all(&file, &chunks, at))
+            .await
+            .map_err(io::Error::other)??;
         self.len += len;
-        Ok(state)
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -383,7 +371,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn appends_land_in_order_with_the_visitor_seeing_every_byte() {
+    async fn chunk_writes_land_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsBlobs::open(dir.path()).unwrap();
         let mut t = s.temp().await.unwrap();
@@ -392,11 +380,8 @@ mod tests {
             .map(|i| Bytes::from(vec![(i % 251) as u8; i % 7]))
             .collect();
         let want: Vec<u8> = chunks.concat();
-        let seen = t
-            .append(chunks, 0usize, |n, c| *n += c.len())
-            .await
-            .unwrap();
-        assert_eq!(seen, want.len());
+        t.write_chunks(chunks).await.unwrap();
+        assert_eq!(t.len(), want.len() as u64);
         t.write(Bytes::from_static(b"tail")).await.unwrap();
         assert_eq!(t.len(), want.len() as u64 + 4);
         let got = std::fs::read(t.path()).unwrap();

@@ -253,6 +253,19 @@ async fn cli_cache_stats_purge_gc_and_verify() {
     let img = image(&fake, "cli", 200_000, 42);
     pull(&http, &img).await;
     settled(&srv, &img).await;
+    // The fill recorded the layer's blake3 (taken from the file after its clients had
+    // the last byte), which `cache verify` compares against.
+    let layer: Digest = img.blobs[1].parse().expect("digest");
+    let recorded: Option<String> = rusqlite::Connection::open(srv.data_dir().join("meta.db"))
+        .expect("db")
+        .query_row(
+            "SELECT blake3 FROM cache_objects WHERE digest = ?1",
+            [layer.to_string()],
+            |r| r.get(0),
+        )
+        .expect("row");
+    let file = std::fs::read(srv.app.storage.blobs.path(&layer)).expect("layer");
+    assert_eq!(recorded, Some(blake3::hash(&file).to_hex().to_string()));
     let url = srv.url("");
     let (ok, out, err) = cli(&["cache", "stats", "--url", &url]);
     assert!(ok, "{err}");
@@ -264,7 +277,6 @@ async fn cli_cache_stats_purge_gc_and_verify() {
 
     // verify: a flipped byte in the cached layer is found and quarantined.
     let data = srv.data_dir().to_path_buf();
-    let layer: Digest = img.blobs[1].parse().expect("digest");
     let path = srv.app.storage.blobs.path(&layer);
     let mut bytes = std::fs::read(&path).expect("layer");
     bytes[100] ^= 1;

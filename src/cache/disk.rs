@@ -311,7 +311,7 @@ impl DiskTier {
         let r = self
             .storage
             .meta
-            .with(move |c| {
+            .with_relaxed(move |c| {
                 let tx = c.transaction()?;
                 tx.execute(
                     "INSERT INTO cache_objects(digest, kind, size, atime_ms, freq, blake3) VALUES (?1, ?2, ?3, ?4, 0, ?5)
@@ -415,7 +415,7 @@ impl DiskTier {
         let r = self
             .storage
             .meta
-            .with(move |c| {
+            .with_relaxed(move |c| {
                 let tx = c.transaction()?;
                 for (d, at, f) in rows {
                     tx.execute(

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 
 /// Most bytes gathered from ready chunks into one write.
 const WRITE_BATCH: usize = 1 << 20;
+/// Batches up to this size are hashed on the fill's own task (about 10 µs of sha256).
+const HASH_INLINE: usize = 16 << 10;
 /// Reopens of an interrupted source before the fill fails.
 const MAX_RESUMES: u32 = 3;
 
@@ -229,9 +231,16 @@ impl Hashing {
         }
     }
 
-    /// Waits for the previous batch's hash, then starts hashing `batch`.
+    /// Waits for the previous batch's hash, then starts hashing `batch` (a small batch,
+    /// such as a whole config blob, right here: cheaper than a trip to the pool).
     async fn feed(self, batch: Vec<Bytes>) -> Result<Hashing, FillError> {
         let mut hasher = self.finish().await?;
+        if batch.iter().map(Bytes::len).sum::<usize>() <= HASH_INLINE {
+            for c in &batch {
+                hasher.update(c);
+            }
+            return Ok(Hashing::Idle(hasher));
+        }
         Ok(Hashing::Busy(tokio::task::spawn_blocking(move || {
             for c in &batch {
                 hasher.update(c);

@@ -2,6 +2,8 @@
 //!
 //! One connection behind a mutex; every call runs on the blocking pool. WAL mode with
 //! `synchronous=FULL`, so an acknowledged push survives a crash of the process or the host.
+//! The mirror's cache bookkeeping commits with `synchronous=NORMAL` ([`Meta::with_relaxed`]):
+//! a host crash may lose its last rows, which the next start reconciles from the files.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -135,6 +137,26 @@ impl Meta {
         })
         .await
         .map_err(|e| MetaError(format!("blocking task failed: {e}")))?
+    }
+
+    /// Like [`Meta::with`], for the mirror's cache bookkeeping (cache index rows, tag
+    /// mappings, cached answers): the commit does not wait for an fsync of the WAL
+    /// (`synchronous=NORMAL` for this call only). Still atomic and consistent; only a
+    /// power loss or host crash can lose such writes, and the next start reconciles the
+    /// index with the files (a lost mapping is fetched again). The next `FULL` commit
+    /// makes them durable with it.
+    pub(crate) async fn with_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.with(move |c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let r = f(c);
+            c.pragma_update(None, "synchronous", "FULL")?;
+            r
+        })
+        .await
     }
 
     /// Runs `f` with the connection on this thread (start-up and CLI paths only).
@@ -459,4 +481,33 @@ fn row_to_manifest(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
         artifact_type: r.get(3)?,
         annotations: r.get(4)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(c: &Connection) -> i64 {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn relaxed_writes_skip_the_fsync_and_leave_full_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        // 2 = FULL, 1 = NORMAL.
+        assert_eq!(meta.with(|c| Ok(synchronous(c))).await.unwrap(), 2);
+        let inside = meta.with_relaxed(|c| Ok(synchronous(c))).await.unwrap();
+        assert_eq!(inside, 1);
+        assert_eq!(meta.with(|c| Ok(synchronous(c))).await.unwrap(), 2);
+        // A failed relaxed write leaves FULL behind too.
+        let failed = meta
+            .with_relaxed(|c| {
+                c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(meta.with(|c| Ok(synchronous(c))).await.unwrap(), 2);
+    }
 }

@@ -56,7 +56,7 @@ impl Meta {
         row: TagRow,
     ) -> Result<()> {
         let (u, r, t) = (upstream.to_string(), repo.to_string(), tag.to_string());
-        self.with(move |c| {
+        self.with_relaxed(move |c| {
             c.prepare_cached(
                 "INSERT INTO mirror_tags(upstream, repo, tag, digest, media_type, size, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(upstream, repo, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
@@ -71,7 +71,7 @@ impl Meta {
 
     pub async fn delete_mirror_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<()> {
         let (u, r, t) = (upstream.to_string(), repo.to_string(), tag.to_string());
-        self.with(move |c| {
+        self.with_relaxed(move |c| {
             c.execute(
                 "DELETE FROM mirror_tags WHERE upstream = ?1 AND repo = ?2 AND tag = ?3",
                 params![u, r, t],
@@ -103,7 +103,7 @@ impl Meta {
         size: u64,
     ) -> Result<()> {
         let (d, m) = (digest.to_string(), media_type.to_string());
-        self.with(move |c| {
+        self.with_relaxed(move |c| {
             c.prepare_cached(
                 "INSERT INTO mirror_manifests(digest, media_type, size, fetched_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(digest) DO UPDATE SET media_type = excluded.media_type, fetched_ms = excluded.fetched_ms",
@@ -152,7 +152,7 @@ impl Meta {
             kind.to_string(),
             key.to_string(),
         );
-        self.with(move |c| {
+        self.with_relaxed(move |c| {
             c.prepare_cached(
                 "INSERT INTO mirror_lists(upstream, repo, kind, key, body, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(upstream, repo, kind, key) DO UPDATE SET body = excluded.body, fetched_ms = excluded.fetched_ms",

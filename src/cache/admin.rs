@@ -165,8 +165,7 @@ pub async fn verify(data_dir: &Path) -> Result<VerifyReport, StorageError> {
     Ok(report)
 }
 
-/// The blake3 checksum of a file, hex, read on the blocking pool.
-pub(crate) async fn blake3_file(path: &Path) -> std::io::Result<String> {
+async fn blake3_file(path: &Path) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut h = blake3::Hasher::new();

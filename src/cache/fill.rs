@@ -211,18 +211,34 @@ async fn next_batch(stream: &mut BoxStream<'static, Result<Bytes, FillError>>) -
     b
 }
 
-/// The hashing lane of a fill: each batch is fed to the digest's hasher on the blocking
-/// pool while it is written and the next one is received. A batch's hash starts once
-/// the previous batch's is done (the hasher passes from one to the next), so at most one
-/// hash runs per fill and the fill never gets more than one batch ahead of its hashing.
+/// The digest's hasher and the blake3 checksum `cache verify` compares against.
+struct Sums {
+    digest: crate::oci::Hasher,
+    checksum: blake3::Hasher,
+}
+
+impl Sums {
+    fn update(&mut self, batch: &[Bytes]) {
+        for c in batch {
+            self.digest.update(c);
+            self.checksum.update(c);
+        }
+    }
+}
+
+/// The hashing lane of a fill: each batch is fed to both sums on the blocking pool
+/// while it is written and the next one is received (one pass over bytes still in
+/// memory). A batch's hash starts once the previous batch's is done (the sums pass from
+/// one to the next), so at most one hash runs per fill and the fill never gets more
+/// than one batch ahead of its hashing.
 enum Hashing {
-    Idle(Box<crate::oci::Hasher>),
-    Busy(tokio::task::JoinHandle<Box<crate::oci::Hasher>>),
+    Idle(Box<Sums>),
+    Busy(tokio::task::JoinHandle<Box<Sums>>),
 }
 
 impl Hashing {
-    /// The hasher over every batch handed in so far.
-    async fn finish(self) -> Result<Box<crate::oci::Hasher>, FillError> {
+    /// The sums over every batch handed in so far.
+    async fn finish(self) -> Result<Box<Sums>, FillError> {
         match self {
             Hashing::Idle(s) => Ok(s),
             Hashing::Busy(h) => h
@@ -234,18 +250,14 @@ impl Hashing {
     /// Waits for the previous batch's hash, then starts hashing `batch` (a small batch,
     /// such as a whole config blob, right here: cheaper than a trip to the pool).
     async fn feed(self, batch: Vec<Bytes>) -> Result<Hashing, FillError> {
-        let mut hasher = self.finish().await?;
+        let mut sums = self.finish().await?;
         if batch.iter().map(Bytes::len).sum::<usize>() <= HASH_INLINE {
-            for c in &batch {
-                hasher.update(c);
-            }
-            return Ok(Hashing::Idle(hasher));
+            sums.update(&batch);
+            return Ok(Hashing::Idle(sums));
         }
         Ok(Hashing::Busy(tokio::task::spawn_blocking(move || {
-            for c in &batch {
-                hasher.update(c);
-            }
-            hasher
+            sums.update(&batch);
+            sums
         })))
     }
 }
@@ -261,7 +273,10 @@ async fn run(
     // Nothing evicts this digest while it is being filled.
     let _pin = tier.as_ref().map(|t| t.pin(digest));
     let mut reservation = None;
-    let mut hashing = Hashing::Idle(Box::new(digest.algorithm().hasher()));
+    let mut hashing = Hashing::Idle(Box::new(Sums {
+        digest: digest.algorithm().hasher(),
+        checksum: blake3::Hasher::new(),
+    }));
     let mut total: Option<u64> = None;
     let mut resumes = 0;
     loop {
@@ -366,7 +381,10 @@ async fn run(
             Some(e) => return Err(e),
         }
     }
-    let hasher = *hashing.finish().await?;
+    let Sums {
+        digest: hasher,
+        checksum,
+    } = *hashing.finish().await?;
     let actual = hasher.clone().finish();
     if actual != *digest {
         return Err(FillError::new(
@@ -392,14 +410,18 @@ async fn run(
         tracing::debug!(digest = %digest, size = temp.len(), "blob served but not cached: no room in the cache");
         return Ok(());
     };
-    // The blake3 checksum `cache verify` compares against, taken from the file while its
-    // pages are hot, after the clients had their last byte (none if it cannot be read:
-    // verify then rehashes with the digest's algorithm).
-    let sum = super::admin::blake3_file(temp.path()).await.ok();
+    let sum = checksum.finalize().to_hex().to_string();
     match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
         Ok(Commit::Stored { size }) => {
-            tier.admit(digest, size, ObjKind::Blob, Vec::new(), sum, reservation)
-                .await;
+            tier.admit(
+                digest,
+                size,
+                ObjKind::Blob,
+                Vec::new(),
+                Some(sum),
+                reservation,
+            )
+            .await;
         }
         // The clients got verified bytes; only the cached copy is lost (e.g. a full disk).
         Ok(Commit::Mismatch { actual }) => {

@@ -253,8 +253,7 @@ async fn cli_cache_stats_purge_gc_and_verify() {
     let img = image(&fake, "cli", 200_000, 42);
     pull(&http, &img).await;
     settled(&srv, &img).await;
-    // The fill recorded the layer's blake3 (taken from the file after its clients had
-    // the last byte), which `cache verify` compares against.
+    // The fill recorded the layer's blake3, which `cache verify` compares against.
     let layer: Digest = img.blobs[1].parse().expect("digest");
     let recorded: Option<String> = rusqlite::Connection::open(srv.data_dir().join("meta.db"))
         .expect("db")

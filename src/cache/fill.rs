@@ -213,14 +213,14 @@ async fn next_batch(stream: &mut BoxStream<'static, Result<Bytes, FillError>>) -
 
 /// The digest's hasher and the blake3 checksum `cache verify` compares against.
 struct Sums {
-    digest: crate::oci::Hasher,
+    hasher: crate::oci::Hasher,
     checksum: blake3::Hasher,
 }
 
 impl Sums {
     fn update(&mut self, batch: &[Bytes]) {
         for c in batch {
-            self.digest.update(c);
+            self.hasher.update(c);
             self.checksum.update(c);
         }
     }
@@ -274,7 +274,7 @@ async fn run(
     let _pin = tier.as_ref().map(|t| t.pin(digest));
     let mut reservation = None;
     let mut hashing = Hashing::Idle(Box::new(Sums {
-        digest: digest.algorithm().hasher(),
+        hasher: digest.algorithm().hasher(),
         checksum: blake3::Hasher::new(),
     }));
     let mut total: Option<u64> = None;
@@ -381,10 +381,7 @@ async fn run(
             Some(e) => return Err(e),
         }
     }
-    let Sums {
-        digest: hasher,
-        checksum,
-    } = *hashing.finish().await?;
+    let Sums { hasher, checksum } = *hashing.finish().await?;
     let actual = hasher.clone().finish();
     if actual != *digest {
         return Err(FillError::new(

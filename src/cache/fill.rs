@@ -329,9 +329,10 @@ async fn run(
                             io::Result::Ok(())
                         };
                         let ahead = async {
-                            match more {
-                                true => Some(next_batch(&mut stream).await),
-                                false => None,
+                            if more {
+                                Some(next_batch(&mut stream).await)
+                            } else {
+                                None
                             }
                         };
                         let (written, fed, following) =
@@ -407,9 +408,9 @@ async fn run(
         tracing::debug!(digest = %digest, size = temp.len(), "blob served but not cached: no room in the cache");
         return Ok(());
     };
-    let sum = checksum.finalize().to_hex().to_string();
     match storage.blobs.commit_file(temp, digest, Some(hasher)).await {
         Ok(Commit::Stored { size }) => {
+            let sum = checksum.finalize().to_hex().to_string();
             tier.admit(
                 digest,
                 size,

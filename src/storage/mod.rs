@@ -51,8 +51,13 @@ pub enum Ingest {
 
 impl Storage {
     /// Opens the store under `data_dir`, removing temp files left by a crash.
+    ///
+    /// The data is for the server alone: the directory is created with mode 0700 and the
+    /// process's umask becomes 0077, so every file made from here on (blobs, uploads,
+    /// SQLite databases with their WAL files, keys) is 0600 whatever umask it started
+    /// with. An existing directory that others may enter is left as it is, with a warning.
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
-        std::fs::create_dir_all(data_dir)?;
+        private_dir(data_dir)?;
         let blobs = FsBlobs::open(data_dir)?;
         let meta = Meta::open(&data_dir.join("meta.db"))?;
         let hosted = meta.hosted_repos_sync()?.into_iter().collect();
@@ -141,4 +146,23 @@ impl From<MetaError> for IngestError {
     fn from(e: MetaError) -> Self {
         IngestError::Storage(StorageError::Meta(e))
     }
+}
+
+/// Makes `dir` (and missing parents) with mode 0700, and sets the umask to 0077.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{mode:o}"),
+            "the data directory is open to other users; `chmod 700` it (new files are 0600)"
+        );
+    }
+    Ok(())
 }

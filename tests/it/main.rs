@@ -9,6 +9,7 @@ mod cache_restart;
 mod cli;
 mod conformance;
 mod crash;
+mod files;
 mod garbage;
 mod gc;
 mod interop;

@@ -63,6 +63,8 @@ pub struct ManifestInfo {
     /// Child manifests of an index that must exist in the repository.
     pub children: Vec<Digest>,
     pub subject: Option<Digest>,
+    /// The `size` each descriptor of `blobs` and `children` declares, in that order.
+    pub sizes: Vec<u64>,
     /// `artifactType`, else the config media type (what the referrers API reports).
     pub artifact_type: Option<String>,
     pub annotations: Option<BTreeMap<String, String>>,
@@ -104,6 +106,8 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ManifestInfo, ManifestEr
     }
     let mut blobs = Vec::new();
     let mut children = Vec::new();
+    let mut blob_sizes = Vec::new();
+    let mut child_sizes = Vec::new();
     if (media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST)
         && (raw.config.is_none() || raw.layers.is_none())
     {
@@ -116,15 +120,18 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ManifestInfo, ManifestEr
     }
     if let Some(c) = &raw.config {
         blobs.push(digest_of(c, "config")?);
+        blob_sizes.push(c.size);
     }
     for (i, l) in raw.layers.iter().flatten().enumerate() {
         let d = digest_of(l, &format!("layers[{i}]"))?;
         if l.urls.is_empty() {
             blobs.push(d);
+            blob_sizes.push(l.size);
         }
     }
     for (i, m) in raw.manifests.iter().flatten().enumerate() {
         children.push(digest_of(m, &format!("manifests[{i}]"))?);
+        child_sizes.push(m.size);
     }
     let subject = match &raw.subject {
         Some(s) => Some(digest_of(s, "subject")?),
@@ -134,11 +141,13 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ManifestInfo, ManifestEr
         .artifact_type
         .clone()
         .or_else(|| raw.config.as_ref().map(|c| c.media_type.clone()));
+    blob_sizes.extend(child_sizes);
     Ok(ManifestInfo {
         media_type,
         blobs,
         children,
         subject,
+        sizes: blob_sizes,
         artifact_type,
         annotations: raw.annotations,
     })
@@ -163,6 +172,7 @@ mod tests {
         );
         let m = parse(body.as_bytes(), OCI_MANIFEST).unwrap();
         assert_eq!(m.blobs.len(), 2);
+        assert_eq!(m.sizes, vec![2, 3]);
         assert_eq!(m.subject.unwrap().to_string(), d('e'));
         assert_eq!(
             m.artifact_type.as_deref(),

@@ -185,13 +185,35 @@ pub async fn put(
     // From the check to the commit, no garbage collection or eviction deletes a file:
     // a blob this manifest references cannot vanish under it.
     let _write = app.storage.write_lock.read().await;
-    let mut missing = meta.missing(name.as_str(), blobs.clone(), false).await?;
-    missing.extend(meta.missing(name.as_str(), children.clone(), true).await?);
-    if let Some(m) = missing.first() {
-        return Err(Error::bad_request(
-            ErrorCode::ManifestBlobUnknown,
-            format!("manifest references {m}, which is not in {name}"),
-        ));
+    // A descriptor is checked against what the repository holds: present, and of the
+    // size it declares (a client trusts that size when it reads the blob).
+    let (blob_sizes, child_sizes) = info.sizes.split_at(blobs.len().min(info.sizes.len()));
+    let pairs = |ds: &[String], sizes: &[u64]| -> Vec<(String, u64)> {
+        ds.iter().cloned().zip(sizes.iter().copied()).collect()
+    };
+    let mut unmatched = meta
+        .unmatched(name.as_str(), pairs(&blobs, blob_sizes), false)
+        .await?;
+    unmatched.extend(
+        meta.unmatched(name.as_str(), pairs(&children, child_sizes), true)
+            .await?,
+    );
+    match unmatched.first() {
+        Some((d, _, None)) => {
+            return Err(Error::bad_request(
+                ErrorCode::ManifestBlobUnknown,
+                format!("manifest references {d}, which is not in {name}"),
+            ))
+        }
+        Some((d, declared, Some(stored))) => {
+            return Err(Error::bad_request(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "manifest gives {d} a size of {declared} bytes, but it has {stored} in {name}"
+                ),
+            ))
+        }
+        None => {}
     }
     match app.storage.blobs.put_bytes(&digest, &body).await? {
         Commit::Stored { .. } => {}

@@ -233,24 +233,31 @@ impl Meta {
     }
 
     /// Of `digests`, those not linked into `repo` as blobs (`as_manifests`: as manifests).
-    pub async fn missing(
+    /// Of `refs` (digest, declared size), those that are not in `repo` (as blobs, or as
+    /// manifests with `as_manifests`) or are there with another size: (digest, the
+    /// declared size, the stored size if any).
+    pub async fn unmatched(
         &self,
         repo: &str,
-        digests: Vec<String>,
+        refs: Vec<(String, u64)>,
         as_manifests: bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, u64, Option<u64>)>> {
         let repo = repo.to_string();
         self.with(move |c| {
             let sql = if as_manifests {
-                "SELECT 1 FROM manifests WHERE repo = ?1 AND digest = ?2"
+                "SELECT size FROM manifests WHERE repo = ?1 AND digest = ?2"
             } else {
-                "SELECT 1 FROM repo_blobs WHERE repo = ?1 AND digest = ?2"
+                "SELECT size FROM repo_blobs WHERE repo = ?1 AND digest = ?2"
             };
             let mut stmt = c.prepare_cached(sql)?;
             let mut out = Vec::new();
-            for d in digests {
-                if !stmt.exists(params![repo, d])? {
-                    out.push(d);
+            for (d, declared) in refs {
+                let stored = stmt
+                    .query_row(params![repo, d], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(|s| s as u64);
+                if stored != Some(declared) {
+                    out.push((d, declared, stored));
                 }
             }
             Ok(out)

@@ -17,6 +17,13 @@ fn desc(mt: &str, content: &[u8]) -> serde_json::Value {
     json!({"mediaType": mt, "digest": sha256(content), "size": content.len()})
 }
 
+/// `d` declaring `size` bytes.
+fn sized(d: &serde_json::Value, size: u64) -> serde_json::Value {
+    let mut d = d.clone();
+    d["size"] = json!(size);
+    d
+}
+
 /// One bad manifest PUT: a 400 with one of `codes`.
 struct Case {
     what: &'static str,
@@ -170,6 +177,28 @@ async fn bad_manifests_are_refused_and_change_nothing() {
                 vec![desc("application/octet-stream", &elsewhere)],
             ),
             &["MANIFEST_BLOB_UNKNOWN"],
+        ),
+        Case::new(
+            "layer with a size other than the blob's",
+            "good",
+            OCI_MANIFEST,
+            image(cfg_desc.clone(), vec![sized(&layer, 1)]),
+            &["MANIFEST_INVALID"],
+        ),
+        Case::new(
+            "config with a size other than the blob's",
+            "good",
+            OCI_MANIFEST,
+            image(sized(&cfg_desc, 4096), vec![layer.clone()]),
+            &["MANIFEST_INVALID"],
+        ),
+        Case::new(
+            "index child with a size other than the manifest's",
+            "good",
+            OCI_INDEX,
+            to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                "manifests": [sized(&desc(OCI_MANIFEST, &known[2].content), known[2].content.len() as u64 + 1)]})),
+            &["MANIFEST_INVALID"],
         ),
         Case::new(
             "index with a missing child",

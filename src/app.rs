@@ -137,6 +137,11 @@ impl App {
         self.mirror.load_full()
     }
 
+    /// The `[limits]` in effect (the server reads the body and connection limits here).
+    pub fn limits(&self) -> Arc<crate::server::limits::Limits> {
+        self.limits.load_full()
+    }
+
     /// Applies `new`'s `[mirror]`, `[upstreams]`, `[limits]` and `[auth]` all at once, or
     /// none of them when any part fails to build (the old ones keep serving). Returns
     /// the keys that changed but need a restart to take effect.

@@ -1,16 +1,23 @@
-//! The `[limits]` section: per-client request rate limits ([`LimitsConfig`]), and
-//! [`IpNet`], the CIDR block type of its `trusted_proxies` and `allow` lists.
+//! The `[limits]` section: per-client request rate limits, request body timeouts and
+//! the per-client connection cap ([`LimitsConfig`]), and [`IpNet`], the CIDR block type
+//! of its `trusted_proxies` and `allow` lists.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::merge::Origins;
+use super::units::{format_duration, format_size, parse_duration, parse_size};
 use super::ConfigError;
 
-/// Request rate limits per client, in two separate quotas.
+/// The largest `limits.max_connections_per_client` (as `server.max_connections`).
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 10_000_000;
+
+/// Request rate limits per client, in two separate quotas; how slow a request body may
+/// be; how many connections one client address may hold open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub enabled: bool,
@@ -22,6 +29,15 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Clients that are never limited.
     pub allow: Vec<IpNet>,
+    /// A request body that sends no bytes for this long while the server waits for
+    /// them is cut; also the window `body_min_rate` is averaged over.
+    pub body_idle_timeout: Duration,
+    /// Bytes per second a request body must average over each `body_idle_timeout` of
+    /// waiting; 0 = no floor.
+    pub body_min_rate: u64,
+    /// Open connections one client address may hold (checked at accept, before any
+    /// request is read); 0 = no cap. `allow` and `trusted_proxies` are exempt.
+    pub max_connections_per_client: usize,
 }
 
 /// A sustained rate and the burst allowed on top of it (a token bucket of `burst`
@@ -54,6 +70,9 @@ impl Default for LimitsConfig {
                 IpNet::new(IpAddr::from([127, 0, 0, 1]), 8),
                 IpNet::new(IpAddr::from(std::net::Ipv6Addr::LOCALHOST), 128),
             ],
+            body_idle_timeout: Duration::from_secs(30),
+            body_min_rate: 1024,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -154,6 +173,9 @@ pub(super) struct RawLimits {
     blobs_burst: i64,
     trusted_proxies: Vec<String>,
     allow: Vec<String>,
+    body_idle_timeout: String,
+    body_min_rate: String,
+    max_connections_per_client: i64,
 }
 
 /// The section as `config show` writes it.
@@ -168,11 +190,15 @@ pub(super) fn show_limits(l: &LimitsConfig) -> RawLimits {
         blobs_burst: n(l.blobs.burst),
         trusted_proxies: nets(&l.trusted_proxies),
         allow: nets(&l.allow),
+        body_idle_timeout: format_duration(l.body_idle_timeout),
+        body_min_rate: format_size(l.body_min_rate),
+        max_connections_per_client: i64::try_from(l.max_connections_per_client).unwrap_or(i64::MAX),
     }
 }
 
 /// Types and validates `[limits]`: rates are whole requests per second from 1 up,
-/// bursts at least 1, every list entry an address or CIDR block.
+/// bursts at least 1, every list entry an address or CIDR block, the body timeout
+/// above 0, the connection cap from 0 (off) to [`MAX_CONNECTIONS_PER_CLIENT`].
 pub(super) fn build_limits(raw: RawLimits, o: &Origins) -> Result<LimitsConfig, ConfigError> {
     let count = |key: &str, v: i64| {
         let n = u32::try_from(v)
@@ -188,6 +214,19 @@ pub(super) fn build_limits(raw: RawLimits, o: &Origins) -> Result<LimitsConfig, 
             .map(parse)
             .collect::<Result<Vec<_>, _>>()
     };
+    let body_idle = parse_duration(&raw.body_idle_timeout).and_then(|d| match d.is_zero() {
+        true => Err("must be greater than 0".to_string()),
+        false => Ok(d),
+    });
+    let per_client = usize::try_from(raw.max_connections_per_client)
+        .ok()
+        .filter(|n| *n <= MAX_CONNECTIONS_PER_CLIENT)
+        .ok_or_else(|| {
+            format!(
+                "{} is not a whole number from 0 to {MAX_CONNECTIONS_PER_CLIENT}",
+                raw.max_connections_per_client
+            )
+        });
     Ok(LimitsConfig {
         enabled: raw.enabled,
         manifests: Rate {
@@ -200,6 +239,9 @@ pub(super) fn build_limits(raw: RawLimits, o: &Origins) -> Result<LimitsConfig, 
         },
         trusted_proxies: nets("limits.trusted_proxies", &raw.trusted_proxies)?,
         allow: nets("limits.allow", &raw.allow)?,
+        body_idle_timeout: o.check("limits.body_idle_timeout", body_idle)?,
+        body_min_rate: o.check("limits.body_min_rate", parse_size(&raw.body_min_rate))?,
+        max_connections_per_client: o.check("limits.max_connections_per_client", per_client)?,
     })
 }
 
@@ -270,6 +312,22 @@ mod tests {
                 "limits.trusted_proxies = [\"10.0.0.0/40\"]",
                 "config /x.toml: key limits.trusted_proxies[0]: invalid IP address or CIDR block \"10.0.0.0/40\"",
             ),
+            (
+                "limits.body_idle_timeout = \"0s\"",
+                "config /x.toml: key limits.body_idle_timeout: must be greater than 0",
+            ),
+            (
+                "limits.body_idle_timeout = \"30\"",
+                "config /x.toml: key limits.body_idle_timeout: invalid duration \"30\": add a unit (ms, s, m, h, d, w)",
+            ),
+            (
+                "limits.body_min_rate = \"fast\"",
+                "config /x.toml: key limits.body_min_rate: invalid size \"fast\": expected a number and a unit, e.g. \"4MiB\"",
+            ),
+            (
+                "limits.max_connections_per_client = -1",
+                "config /x.toml: key limits.max_connections_per_client: -1 is not a whole number from 0 to 10000000",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(load(text, &[]).unwrap_err(), want, "{text}");
@@ -288,7 +346,12 @@ mod tests {
             ("AGENT_REGISTRY_LIMITS_ENABLED", "false"),
             ("AGENT_REGISTRY_LIMITS_TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
         ];
-        let c = load("[limits]\nmanifests_burst = 7\nallow = []\n", &env).unwrap();
+        let text = "[limits]\nmanifests_burst = 7\nallow = []\nbody_idle_timeout = \"1m30s\"\n\
+                    body_min_rate = \"0\"\nmax_connections_per_client = 0\n";
+        let c = load(text, &env).unwrap();
+        assert_eq!(c.limits.body_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.limits.body_min_rate, 0);
+        assert_eq!(c.limits.max_connections_per_client, 0);
         assert!(!c.limits.enabled);
         assert_eq!(c.limits.manifests, Rate::new(50, 7));
         assert_eq!(

@@ -1,7 +1,9 @@
 //! Closing idle and slow connections: [`IdleIo`] wraps a socket and stamps every read and
 //! write into a shared [`Activity`]; [`Activity::expired`] resolves once the connection
 //! has had no request in flight and no bytes moving for the keep-alive timeout, or once
-//! an HTTP/1 request head has been arriving for longer than the header timeout.
+//! an HTTP/1 request head has been arriving for longer than the header timeout. A request
+//! is in flight from its dispatch until its response body has been sent
+//! ([`InFlightBody`]); a request body that stalls is cut by `body::TimedBody`.
 //!
 //! The header clock runs from the connection's start until its first request is
 //! dispatched, and again from the first byte of each later request. (hyper's own
@@ -135,6 +137,49 @@ impl Activity {
 
 /// Counts one request in flight; see [`Activity::request`].
 pub struct RequestGuard(Arc<Activity>);
+
+/// A response body that keeps its request counted in flight until the body has been
+/// sent whole (or dropped): a response in progress is never idle, however slowly the
+/// client reads it. (The socket's write readiness is no measure of that: the kernel
+/// wakes a writer only once a good part of the send buffer has drained, which for a
+/// slow reader can take longer than the keep-alive timeout.)
+pub struct InFlightBody<B> {
+    inner: B,
+    guard: Option<RequestGuard>,
+}
+
+impl<B> InFlightBody<B> {
+    pub fn new(inner: B, guard: RequestGuard) -> InFlightBody<B> {
+        InFlightBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {

@@ -1,5 +1,6 @@
 //! Per-client request rate limits (`[limits]`): which requests count against which
-//! quota, who the client is behind trusted proxies, and the keyed limiters themselves.
+//! quota, who the client is behind trusted proxies, and the keyed limiters themselves;
+//! and [`ConnCounts`], the per-address cap on open connections.
 //!
 //! Memory: a keyed limiter keeps one small state per client it has seen. A state that
 //! has refilled to a full bucket is indistinguishable from a new one, and
@@ -9,9 +10,11 @@
 //! about the clients seen in the last minute (fewer under a flood of new addresses),
 //! some 100 bytes each.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
@@ -104,6 +107,23 @@ impl Limits {
             start: Instant::now(),
             last_tick: AtomicU64::new(0),
             last_sweep: AtomicU64::new(0),
+        }
+    }
+
+    /// The `[limits]` these were built from.
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// The cap on `peer`'s open connections, if it has one: none when the cap is off
+    /// or the peer is allow-listed or a trusted proxy (whose connections carry many
+    /// clients; who they are is only known from a request's `X-Forwarded-For`).
+    pub fn connection_cap(&self, peer: IpAddr) -> Option<usize> {
+        let (cap, ip) = (self.config.max_connections_per_client, peer.to_canonical());
+        let listed = |nets: &[crate::config::IpNet]| nets.iter().any(|n| n.contains(ip));
+        match cap == 0 || listed(&self.config.allow) || listed(&self.config.trusted_proxies) {
+            true => None,
+            false => Some(cap),
         }
     }
 
@@ -221,6 +241,63 @@ impl Limits {
     }
 }
 
+/// Open connections per client address, for `limits.max_connections_per_client`.
+/// Holds one entry per address with a connection open (an address's entry goes with
+/// its last connection).
+#[derive(Default)]
+pub struct ConnCounts {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address; closing it (dropping this) frees its place.
+pub struct ConnSlot {
+    counts: Arc<ConnCounts>,
+    ip: IpAddr,
+}
+
+impl ConnCounts {
+    /// Takes a place for a connection from `ip`, or `None` when it already holds `cap`.
+    pub fn open(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<ConnSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections `ip` holds open.
+    pub fn of(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&ip.to_canonical()).copied().unwrap_or(0)
+    }
+
+    /// Addresses with a connection open.
+    pub fn addresses(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// One `X-Forwarded-For` entry: an address, optionally with a port (`1.2.3.4:80`,
 /// `[::1]:80`).
 fn parse_hop(hop: &str) -> Option<IpAddr> {
@@ -312,6 +389,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         l.sweep();
         assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn connection_places_are_per_address_and_freed_on_close() {
+        let counts = Arc::new(ConnCounts::default());
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        let first = counts.open(a, 2).expect("first");
+        let second = counts.open(ip("::ffff:192.0.2.1"), 2).expect("second");
+        assert!(counts.open(a, 2).is_none(), "a third beyond the cap");
+        let other = counts.open(b, 2).expect("another address");
+        assert_eq!((counts.of(a), counts.of(b), counts.addresses()), (2, 1, 2));
+        drop(first);
+        let again = counts.open(a, 2).expect("a freed place is taken again");
+        drop((second, again, other));
+        assert_eq!(counts.addresses(), 0, "closed addresses leave no entry");
+        assert!(counts.open(a, 0).is_none());
+        assert_eq!(counts.addresses(), 0);
+    }
+
+    #[test]
+    fn allow_listed_and_proxy_peers_have_no_connection_cap() {
+        let config = LimitsConfig {
+            trusted_proxies: vec![IpNet::parse("10.0.0.0/8").unwrap()],
+            allow: vec![IpNet::parse("192.0.2.0/24").unwrap()],
+            max_connections_per_client: 5,
+            ..LimitsConfig::default()
+        };
+        let l = Limits::new(&config);
+        assert_eq!(l.connection_cap(ip("198.51.100.1")), Some(5));
+        assert_eq!(l.connection_cap(ip("::ffff:10.1.2.3")), None);
+        assert_eq!(l.connection_cap(ip("192.0.2.9")), None);
+        let off = Limits::new(&LimitsConfig {
+            max_connections_per_client: 0,
+            ..config
+        });
+        assert_eq!(off.connection_cap(ip("198.51.100.1")), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The HTTP server: accepts TCP connections, optionally completes a TLS handshake
 //! (`tls.rs`), speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 by ALPN) through
 //! hyper-util's auto builder, hands every request to `App::handle`, and shuts down
-//! gracefully. Connection limits (count, header timeout, header size, idle timeout) are
-//! applied here, idle tracking lives in `idle.rs`, the systemd notify protocol in
+//! gracefully. Connection limits (count, count per client address, header timeout,
+//! header size, idle timeout, request body timeout and rate floor) are applied here,
+//! idle tracking lives in `idle.rs`, the body clocks in `body.rs`, the systemd notify protocol in
 //! `systemd.rs`. Plain-TCP connections get a `sendfile::SendfileIo` socket, so their
 //! HTTP/1 blob bodies go out with sendfile(2). One file per resource next to this one.
 
@@ -55,6 +56,9 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(
         cfg.max_connections.min(Semaphore::MAX_PERMITS),
     ));
+    // Likewise for one address over `limits.max_connections_per_client`: at accept
+    // time nothing but the TCP peer is known (no credentials, no X-Forwarded-For).
+    let per_client = Arc::new(limits::ConnCounts::default());
     let purge = tokio::spawn(purge_uploads(app.clone()));
     app.auth.spawn_log_writer();
     let cache_upkeep = tokio::spawn(crate::cache::admin::maintain(app.clone()));
@@ -79,11 +83,24 @@ pub async fn serve(
             }
             _ = shutdown.changed() => break,
         };
+        let limits = app.limits();
+        let place = match limits.connection_cap(peer.ip()) {
+            None => None,
+            Some(cap) => match per_client.open(peer.ip(), cap) {
+                Some(place) => Some(place),
+                None => {
+                    tracing::debug!(client = %peer, limit = cap, "per-client connection limit reached, closing");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::debug!(client = %peer, limit = cfg.max_connections, "connection limit reached, closing");
             drop(stream);
             continue;
         };
+        let body_limits = body_limits(limits.config());
         let _ = stream.set_nodelay(true);
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         let activity = idle::Activity::new();
@@ -93,7 +110,7 @@ pub async fn serve(
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let sendfile = cfg.sendfile;
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, place);
             let conn = async {
                 // The TLS handshake has its own timeout; idle tracking starts after it.
                 let (stream, slot) = match acceptor {
@@ -117,6 +134,7 @@ pub async fn serve(
                         activity: &activity,
                         admin_only: false,
                         slot,
+                        body_limits,
                     };
                     serve_connection(app, &builder, watcher, stream, conn).await;
                 }
@@ -206,6 +224,7 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         let activity = idle::Activity::new();
         let (idle_timeout, header_timeout) = (cfg.keep_alive_timeout, cfg.header_read_timeout);
+        let body_limits = body_limits(app.limits().config());
         tokio::spawn(async move {
             let _permit = permit;
             let stream = idle::IdleIo::new(stream, activity.clone());
@@ -214,6 +233,7 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
                 activity: &activity,
                 admin_only: true,
                 slot: None,
+                body_limits,
             };
             tokio::select! {
                 _ = serve_connection(app, &builder, watcher, stream, conn) => {}
@@ -239,6 +259,16 @@ struct Conn<'a> {
     admin_only: bool,
     /// Set on plain TCP with `server.sendfile`: HTTP/1 blob bodies use sendfile(2).
     slot: Option<Arc<sendfile::Slot>>,
+    /// How slow a request body may be.
+    body_limits: body::BodyLimits,
+}
+
+/// The request body limits of `[limits]`.
+fn body_limits(l: &crate::config::LimitsConfig) -> body::BodyLimits {
+    body::BodyLimits {
+        idle: l.body_idle_timeout,
+        min_rate: l.body_min_rate,
+    }
 }
 
 /// Serves HTTP on one connection (plain TCP or TLS) until it closes or shutdown drains it.
@@ -255,6 +285,7 @@ async fn serve_connection<I>(
         peer,
         admin_only,
         slot,
+        body_limits,
         ..
     } = conn;
     let activity = conn.activity.clone();
@@ -266,13 +297,17 @@ async fn serve_connection<I>(
             http::Version::HTTP_10 | http::Version::HTTP_11 => slot.clone(),
             _ => None,
         };
+        // Every handler reads its body through the body clocks.
+        let req = req.map(|b| body::TimedBody::new(b, body_limits));
         async move {
             let response = match admin_only {
                 true => app.handle_admin(req, peer).await,
                 false => sendfile::scope(slot, app.handle(req, peer)).await,
             };
-            drop(in_flight);
-            Ok::<_, std::convert::Infallible>(response)
+            // The request stays in flight until its response body has been sent.
+            Ok::<_, std::convert::Infallible>(
+                response.map(|b| idle::InFlightBody::new(b, in_flight)),
+            )
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();

@@ -1222,4 +1222,35 @@ mod tests {
         off.log_access(AccessEntry::sample(store::now_ms()));
         assert_eq!(off.log_tx.capacity(), LOG_QUEUE);
     }
+
+    #[test]
+    fn hashes_are_made_only_for_passwords_bcrypt_reads_whole() {
+        let at_most = "x".repeat(MAX_PASSWORD_BYTES);
+        let hash = hash_password(&at_most).unwrap();
+        assert!(bcrypt::verify(&at_most, &hash).unwrap());
+        let err = hash_password(&format!("{at_most}y")).unwrap_err();
+        assert!(err.contains("73 bytes") && err.contains("72"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_never_outlive_the_credential_and_name_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::new(&AuthConfig::default(), dir.path()).unwrap();
+        let now = store::now_secs();
+        let mut id = Identity::anonymous();
+        id.user = Some("ci".into());
+        id.token_id = Some("tok_1".into());
+        id.expires = Some(now + 30);
+        let (t, ttl) = auth.issue(&id, Vec::new());
+        assert!(ttl <= Duration::from_secs(30), "{ttl:?}");
+        let c = auth.keys.verify(&t, &auth.service(), now).unwrap();
+        assert_eq!(
+            (c.exp, c.tid.as_deref(), c.cli),
+            (now + 30, Some("tok_1"), false)
+        );
+        // Without an expiry, token_ttl.
+        id.expires = None;
+        let (_, ttl) = auth.issue(&id, Vec::new());
+        assert_eq!(ttl, auth.token_ttl());
+    }
 }

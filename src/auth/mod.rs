@@ -440,7 +440,7 @@ impl Auth {
             }
             let bearer = self.bearer(rest)?;
             self.bearer_identity(&bearer).await.inspect_err(|_| {
-                crate::metrics::auth_failure_reason("revoked_token");
+                crate::metrics::auth_failure_reason("bad_token");
             })
         } else {
             Err(AuthError::Malformed)
@@ -705,7 +705,7 @@ impl Auth {
             user: Some(user.to_string()),
         };
         if password.len() > MAX_PASSWORD_BYTES {
-            attempt.finish(Some("password_too_long"));
+            attempt.finish(Some("bad_password"));
             return Err(bad());
         }
         // One check per user at a time; the user's limit is decided under this lock,

@@ -663,12 +663,21 @@ async fn api_tokens_act_within_their_scope_and_revocation_sticks() {
     );
     let r = get_as(&http, &path, &b).await;
     assert_eq!(r.status, StatusCode::OK);
+    // A JWT from /token for the API token.
+    let (status, jwt) = token_with(&http, &bearer, "repository:agents/a:pull").await;
+    assert_eq!(status, StatusCode::OK);
+    let jwt = format!("Bearer {jwt}");
+    assert_eq!(get_as(&http, &path, &jwt).await.status, StatusCode::OK);
+    // Revoked in the store, as `agent-registry token revoke` does from another process.
     assert!(store.revoke_token(&info.id).expect("revoke"));
-    // Within the lookup cache's 10 s the revocation takes hold.
+    // Within the lookup cache's 10 s the revocation takes hold, for the JWT too.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let r = get_as(&http, &path, &bearer).await;
-        if r.status == StatusCode::UNAUTHORIZED {
+        let j = get_as(&http, &path, &jwt).await;
+        if r.status == StatusCode::UNAUTHORIZED && j.status == StatusCode::UNAUTHORIZED {
+            let renewed = token_with(&http, &jwt, "repository:agents/a:pull").await;
+            assert_eq!(renewed.0, StatusCode::UNAUTHORIZED);
             break;
         }
         assert!(

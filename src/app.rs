@@ -303,7 +303,8 @@ impl App {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let id = match self.auth.authenticate(authorization, ctx.peer.ip()).await {
+        let client = self.client_ip(ctx.peer.ip(), req.headers());
+        let id = match self.auth.authenticate(authorization, client).await {
             Ok(id) => id,
             Err(e) => return Err(self.auth_error(e, req.headers())),
         };
@@ -624,6 +625,12 @@ impl App {
             challenge: c,
             message: message.into(),
         }
+    }
+
+    /// The client's address: the peer, or behind a trusted proxy (`limits.trusted_proxies`)
+    /// the one `X-Forwarded-For` names. Failed logins are counted against it.
+    pub fn client_ip(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
+        self.limits.load().client_ip(peer, headers)
     }
 
     /// The token endpoint's URL: `auth.realm`, or this server as the client reached it.

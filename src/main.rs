@@ -261,6 +261,14 @@ async fn serve(
     } else {
         "http"
     };
+    // Before "listening", so it is in the log by the time the port is announced.
+    if app.auth.has_identities() && app.auth.realm().is_empty() {
+        tracing::warn!(
+            "auth.realm is not set: the token endpoint URL in 401 challenges follows the \
+             request's Host header, so a client can be sent to log in elsewhere; set \
+             auth.realm to this registry's public URL (e.g. https://registry.example.com/token)"
+        );
+    }
     tracing::info!(
         addr = %running.addr,
         config = %origin,

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
-/// Clock skew allowed on `nbf` and `exp`, in seconds.
-const LEEWAY: u64 = 30;
+/// Clock skew allowed on `nbf` and `exp`, in seconds. Tokens are checked by the server
+/// that signed them (or a replica sharing its key and, via NTP, its clock), so a few
+/// seconds are plenty; a token is never accepted more than this past its `exp`.
+pub const LEEWAY: u64 = 5;
 
 /// One entry of the `access` claim, as in the Docker token spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +34,15 @@ pub struct Claims {
     pub jti: String,
     #[serde(default)]
     pub access: Vec<Access>,
+    /// The API token this token was issued for, directly or by renewing such a token:
+    /// it is honoured only while that API token is live. `None`: a password login (or
+    /// an anonymous token), honoured only while the user `sub` exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+    /// Signed for the server's own CLI with the key in the data directory
+    /// ([`super::admin_token`]): `sub` names no user and its access is not re-checked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cli: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +61,10 @@ pub enum JwtError {
     Audience,
     #[error("token was issued by someone else")]
     Issuer,
+    /// The user, or the API token, the token was issued for is gone (deleted,
+    /// revoked, expired).
+    #[error("the credential this token was issued for is no longer valid")]
+    Revoked,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,7 +137,7 @@ impl Keys {
         format!("{input}.{}", B64.encode(sig.to_bytes()))
     }
 
-    /// Checks the signature, the algorithm, the times (with 30 s of leeway), the
+    /// Checks the signature, the algorithm, the times (with [`LEEWAY`]), the
     /// audience and the issuer (both `service`).
     pub fn verify(&self, token: &str, service: &str, now: u64) -> Result<Claims, JwtError> {
         let mut parts = token.split('.');
@@ -185,6 +200,8 @@ mod tests {
                 name: "agents/a".into(),
                 actions: vec!["pull".into()],
             }],
+            tid: None,
+            cli: false,
         }
     }
 
@@ -195,6 +212,17 @@ mod tests {
         let t = keys.sign(&claims(now));
         assert_eq!(keys.verify(&t, "svc", now), Ok(claims(now)));
         assert_eq!(keys.verify(&t, "svc", now + 400), Err(JwtError::Expired));
+        // The leeway is a few seconds, not half a minute.
+        assert!(keys.verify(&t, "svc", now + 300 + LEEWAY - 1).is_ok());
+        assert_eq!(
+            keys.verify(&t, "svc", now + 300 + LEEWAY),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(keys.verify(&t, "svc", now + 320), Err(JwtError::Expired));
+        // The origin fields round-trip; tokens without them (older ones) still verify.
+        let mut c = claims(now);
+        c.tid = Some("tok_1".into());
+        assert_eq!(keys.verify(&keys.sign(&c), "svc", now), Ok(c));
         assert_eq!(keys.verify(&t, "other", now), Err(JwtError::Audience));
         let other = Keys::from_bytes(&[8; 32]);
         assert_eq!(other.verify(&t, "svc", now), Err(JwtError::Signature));

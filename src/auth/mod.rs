@@ -6,6 +6,20 @@
 //! Bearer (an API token, or a JWT issued by `/token`). Passwords are bcrypt; a verified
 //! pair is remembered for a minute as a sha256 of both, so bcrypt runs once per client
 //! per minute, not per request. API tokens are stored as sha256 hashes.
+//!
+//! A JWT names what it was issued for (the user, and the API token if one was used)
+//! and is honoured only while that still stands: every use checks that the user
+//! exists or the API token is live, and intersects the token's access with what the
+//! live rules and permissions grant (recomputed when the auth state's generation
+//! changes). Renewing a JWT at `/token` never extends it past its own `exp`, and an
+//! API token's JWTs never outlive the API token.
+//!
+//! Brute force: an attempt is reserved against the client's failure budget before
+//! bcrypt runs, checks for one user run one at a time and decide the user's limit
+//! under that lock, each client has one check running at most, and all checks share
+//! a small pool (half the cores) on the blocking threads. Over a user's limit, the
+//! user is not locked out: clients that have not failed against that user still get
+//! in, after a delay ([`SLOW_DOWN`]); clients that have failed against them get 429.
 
 pub mod htpasswd;
 pub mod jwt;
@@ -21,13 +35,25 @@ use sha2::Digest;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use store::{AccessEntry, AuditRecord, Store};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// What API tokens start with, so a Bearer value is told apart from a JWT at a glance
 /// (and secret scanners can find leaked ones).
 pub const API_TOKEN_PREFIX: &str = "agr_";
+
+/// Bytes of a password bcrypt reads; it ignores the rest, so longer passwords are
+/// refused (by `hash-password`, and at login) rather than silently cut.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
+/// How long a password check waits first while its user is over
+/// `auth.failures_per_user` (for a client that has not failed against that user).
+pub const SLOW_DOWN: Duration = Duration::from_secs(1);
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +72,11 @@ pub struct Identity {
     pub user: Option<String>,
     pub groups: Vec<String>,
     pub method: Method,
+    /// The API token the credential is, or (for a JWT) was issued for.
+    pub token_id: Option<String>,
+    /// When the credential stops being valid (seconds since the epoch): an API
+    /// token's expiry, a JWT's `exp`. `None`: a password, or an API token without one.
+    pub expires: Option<u64>,
 }
 
 impl Identity {
@@ -54,6 +85,8 @@ impl Identity {
             user: None,
             groups: Vec::new(),
             method: Method::Anonymous,
+            token_id: None,
+            expires: None,
         }
     }
 
@@ -162,10 +195,87 @@ impl Policy {
     }
 }
 
-/// Failed authentications in the current minute for one client or user name.
+/// Failed authentications in the current minute for one client, user name, or client
+/// and user name; `pending`: password checks reserved and not finished yet.
 struct Window {
     start: Instant,
     failures: u32,
+    pending: u32,
+}
+
+impl Window {
+    /// Starts a new minute when the last one is over (reservations carry over).
+    fn roll(&mut self) {
+        if self.start.elapsed() >= MINUTE {
+            self.start = Instant::now();
+            self.failures = 0;
+        }
+    }
+
+    fn retry_after(&self) -> Duration {
+        MINUTE.saturating_sub(self.start.elapsed())
+    }
+}
+
+struct WindowEntry {
+    window: Mutex<Window>,
+    /// Woken when a reservation ends.
+    changed: Notify,
+}
+
+impl WindowEntry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.roll();
+        w
+    }
+}
+
+/// A verified bearer JWT, and its access as the auth state of `generation` allows.
+struct Bearer {
+    claims: jwt::Claims,
+    live: Mutex<Option<(u64, Vec<jwt::Access>)>>,
+}
+
+/// A password check reserved against the client's failure budget. Ended by
+/// [`Attempt::finish`]; dropped unfinished (the client went away before bcrypt ran,
+/// so nothing was learnt) it only gives its place back. Once bcrypt is under way the
+/// attempt belongs to it and records the real outcome.
+struct Attempt {
+    auth: Arc<Auth>,
+    entry: Arc<WindowEntry>,
+    client: IpAddr,
+    user: String,
+    done: bool,
+}
+
+impl Attempt {
+    /// Ends the reservation: `Some(reason)` records a failure, `None` a success or an
+    /// attempt refused before any check.
+    fn finish(mut self, failure: Option<&'static str>) {
+        self.end(failure);
+    }
+
+    fn end(&mut self, failure: Option<&'static str>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if let Some(reason) = failure {
+            self.auth
+                .record_failure(self.client, Some(&self.user), reason);
+        }
+        {
+            let mut w = self.entry.lock();
+            w.pending = w.pending.saturating_sub(1);
+        }
+        self.entry.changed.notify_waiters();
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.end(None);
+    }
 }
 
 pub struct Auth {
@@ -180,10 +290,22 @@ pub struct Auth {
     verified: moka::sync::Cache<[u8; 32], Arc<str>>,
     /// sha256 of API tokens looked up in the last 10 s (revocation shows within that).
     tokens: moka::sync::Cache<String, Option<Arc<store::TokenInfo>>>,
-    failures: moka::sync::Cache<String, Arc<Mutex<Window>>>,
+    /// API tokens by id, looked up in the last 10 s (for JWTs issued for one).
+    token_ids: moka::sync::Cache<String, Option<Arc<store::TokenInfo>>>,
+    failures: moka::sync::Cache<String, Arc<WindowEntry>>,
     /// sha256 of bearer JWTs verified in the last minute -> their claims.
-    bearers: moka::sync::Cache<[u8; 32], Arc<jwt::Claims>>,
+    bearers: moka::sync::Cache<[u8; 32], Arc<Bearer>>,
     live_tokens: moka::sync::Cache<(), bool>,
+    /// Bumped by every change of users, rules, permissions or API tokens: cached
+    /// bearer access computed at an older generation is recomputed.
+    generation: AtomicU64,
+    /// One password check at a time per user name, and per client.
+    user_locks: moka::sync::Cache<String, Arc<Semaphore>>,
+    client_locks: moka::sync::Cache<IpAddr, Arc<Semaphore>>,
+    /// Password checks running at once, server-wide: half the cores, so serving goes on.
+    hashing: Arc<Semaphore>,
+    /// bcrypt verifications run (unknown users included).
+    password_checks: AtomicU64,
     log_tx: tokio::sync::mpsc::Sender<LogRecord>,
     log_rx: Mutex<Option<tokio::sync::mpsc::Receiver<LogRecord>>>,
 }
@@ -221,6 +343,10 @@ impl Auth {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(10))
                 .build(),
+            token_ids: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
             failures: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
@@ -232,6 +358,17 @@ impl Auth {
             live_tokens: moka::sync::Cache::builder()
                 .time_to_live(Duration::from_secs(10))
                 .build(),
+            generation: AtomicU64::new(0),
+            user_locks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(MINUTE)
+                .build(),
+            client_locks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(MINUTE)
+                .build(),
+            hashing: Arc::new(Semaphore::new(hashing_threads())),
+            password_checks: AtomicU64::new(0),
             log_tx,
             log_rx: Mutex::new(Some(log_rx)),
         })
@@ -243,6 +380,17 @@ impl Auth {
         self.verified.invalidate_all();
         // The service (audience and issuer) may have changed.
         self.bearers.invalidate_all();
+        self.changed();
+    }
+
+    /// Marks the auth state changed: bearer tokens' access is checked again.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// bcrypt verifications run so far (tests and diagnostics).
+    pub fn password_checks(&self) -> u64 {
+        self.password_checks.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> AuthConfig {
@@ -290,31 +438,24 @@ impl Auth {
             if rest.starts_with(API_TOKEN_PREFIX) {
                 return self.api_token(rest, client).await;
             }
-            let claims = self.bearer(rest)?;
-            let user = (!claims.sub.is_empty()).then(|| claims.sub.clone());
-            let groups = user
-                .as_deref()
-                .map(|u| self.groups_of(u))
-                .unwrap_or_default();
-            Ok(Identity {
-                user,
-                groups,
-                method: Method::Jwt(claims.access.clone()),
+            let bearer = self.bearer(rest)?;
+            self.bearer_identity(&bearer).await.inspect_err(|_| {
+                crate::metrics::auth_failure_reason("bad_token");
             })
         } else {
             Err(AuthError::Malformed)
         }
     }
 
-    /// A verified bearer JWT's claims. A signature check costs tens of microseconds, so
-    /// tokens verified once are remembered (by sha256) until they expire; expiry is
-    /// checked again on every use.
-    fn bearer(&self, token: &str) -> Result<Arc<jwt::Claims>, AuthError> {
+    /// A verified bearer JWT. A signature check costs tens of microseconds, so tokens
+    /// verified once are remembered (by sha256) until they expire; expiry is checked
+    /// again on every use.
+    fn bearer(&self, token: &str) -> Result<Arc<Bearer>, AuthError> {
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let now = store::now_secs();
-        if let Some(c) = self.bearers.get(&key) {
-            if c.exp > now {
-                return Ok(c);
+        if let Some(b) = self.bearers.get(&key) {
+            if b.claims.exp + jwt::LEEWAY > now {
+                return Ok(b);
             }
         }
         let service = self.policy.load().cfg.service.clone();
@@ -322,9 +463,113 @@ impl Auth {
             crate::metrics::auth_failure_reason("bad_token");
             AuthError::BadToken(e)
         })?;
-        let claims = Arc::new(claims);
-        self.bearers.insert(key, claims.clone());
-        Ok(claims)
+        let bearer = Arc::new(Bearer {
+            claims,
+            live: Mutex::new(None),
+        });
+        self.bearers.insert(key, bearer.clone());
+        Ok(bearer)
+    }
+
+    /// Who a verified JWT stands for now: its user must still exist, or the API token
+    /// it was issued for still be live; its access is cut to what that origin is
+    /// granted now (computed once per auth-state generation).
+    async fn bearer_identity(self: &Arc<Self>, b: &Bearer) -> Result<Identity, AuthError> {
+        let c = &b.claims;
+        let revoked = || AuthError::BadToken(jwt::JwtError::Revoked);
+        if c.cli {
+            return Ok(Identity {
+                user: Some(c.sub.clone()),
+                groups: Vec::new(),
+                method: Method::Jwt(c.access.clone()),
+                token_id: None,
+                expires: Some(c.exp),
+            });
+        }
+        let origin = match &c.tid {
+            Some(tid) => {
+                let t = self.token_by_id(tid).await.ok_or_else(revoked)?;
+                if t.user != c.sub {
+                    return Err(revoked());
+                }
+                self.token_identity(&t)
+            }
+            None if c.sub.is_empty() => Identity::anonymous(),
+            None => {
+                if !self.policy.load().users.contains_key(&c.sub) {
+                    return Err(revoked());
+                }
+                self.user_identity(&c.sub)
+            }
+        };
+        let generation = self.generation.load(Ordering::Acquire);
+        let access = {
+            let mut live = b.live.lock().unwrap_or_else(|e| e.into_inner());
+            match &*live {
+                Some((g, a)) if *g == generation => a.clone(),
+                _ => {
+                    let a = self.live_access(&origin, &c.access);
+                    *live = Some((generation, a.clone()));
+                    a
+                }
+            }
+        };
+        Ok(Identity {
+            user: origin.user,
+            groups: origin.groups,
+            method: Method::Jwt(access),
+            token_id: c.tid.clone(),
+            expires: Some(c.exp),
+        })
+    }
+
+    /// Of a token's `access`, what `origin` (the password or API token it was issued
+    /// for) is granted now. Public pulls need no grant and are decided at use.
+    fn live_access(&self, origin: &Identity, access: &[jwt::Access]) -> Vec<jwt::Access> {
+        let admin = self.is_admin(origin);
+        access
+            .iter()
+            .filter_map(|a| {
+                let actions: Vec<String> = match a.kind.as_str() {
+                    "repository" => {
+                        let granted = self.granted(origin, &a.name);
+                        a.actions
+                            .iter()
+                            .filter(|x| Action::parse(x).is_ok_and(|x| granted.contains(x)))
+                            .cloned()
+                            .collect()
+                    }
+                    "registry" if a.name == "catalog" || admin => a.actions.clone(),
+                    _ => Vec::new(),
+                };
+                (!actions.is_empty()).then(|| jwt::Access {
+                    kind: a.kind.clone(),
+                    name: a.name.clone(),
+                    actions,
+                })
+            })
+            .collect()
+    }
+
+    /// The API token `id` if it is live (not revoked, not expired); looked up at most
+    /// every 10 s per token (a revocation by this server shows at once).
+    async fn token_by_id(&self, id: &str) -> Option<Arc<store::TokenInfo>> {
+        let found = match self.token_ids.get(id) {
+            Some(f) => f,
+            None => {
+                let (store, key) = (self.store.clone(), id.to_string());
+                let f = tokio::task::spawn_blocking(move || store.token_by_id(&key))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .flatten()
+                    .map(Arc::new);
+                self.token_ids.insert(id.to_string(), f.clone());
+                f
+            }
+        };
+        let now = store::now_secs();
+        found.filter(|t| t.revoked.is_none() && t.expires.is_none_or(|e| e > now))
     }
 
     fn groups_of(&self, user: &str) -> Vec<String> {
@@ -336,51 +581,98 @@ impl Auth {
             .unwrap_or_default()
     }
 
-    /// Refuses when the client or the user has failed too often this minute.
-    fn check_blocked(&self, client: IpAddr, user: Option<&str>) -> Result<(), AuthError> {
-        let p = self.policy.load();
-        let keys = [
-            (format!("ip:{client}"), p.cfg.failures_per_client),
-            (
-                format!("user:{}", user.unwrap_or("")),
-                p.cfg.failures_per_user,
-            ),
-        ];
-        for (key, limit) in keys.iter().take(if user.is_some() { 2 } else { 1 }) {
-            if let Some(w) = self.failures.get(key) {
-                let w = w.lock().unwrap_or_else(|e| e.into_inner());
-                let elapsed = w.start.elapsed();
-                if w.failures >= *limit && elapsed < Duration::from_secs(60) {
+    /// The failure window of `key`.
+    fn window(&self, key: String) -> Arc<WindowEntry> {
+        self.failures.get_with(key, || {
+            Arc::new(WindowEntry {
+                window: Mutex::new(Window {
+                    start: Instant::now(),
+                    failures: 0,
+                    pending: 0,
+                }),
+                changed: Notify::new(),
+            })
+        })
+    }
+
+    /// Failures in the current minute of `key`, and when that minute ends.
+    fn failures_of(&self, key: &str) -> (u32, Duration) {
+        match self.failures.get(key) {
+            Some(e) => {
+                let w = e.lock();
+                (w.failures, w.retry_after())
+            }
+            None => (0, MINUTE),
+        }
+    }
+
+    /// Refuses a client that has failed too often this minute (API tokens).
+    fn check_blocked(&self, client: IpAddr) -> Result<(), AuthError> {
+        let limit = self.policy.load().cfg.failures_per_client;
+        let (failures, retry_after) = self.failures_of(&client_key(client));
+        match failures >= limit {
+            true => Err(AuthError::Blocked { retry_after }),
+            false => Ok(()),
+        }
+    }
+
+    /// Whether a check for `user` from `client` may run: `Ok(true)` when the user is
+    /// over its limit and this one is slowed down; refused when the user is over its
+    /// limit and this client has failed against it.
+    fn user_gate(&self, client: IpAddr, user: &str) -> Result<bool, AuthError> {
+        let limit = self.policy.load().cfg.failures_per_user;
+        let (failures, retry_after) = self.failures_of(&user_key(user));
+        if failures < limit {
+            return Ok(false);
+        }
+        match self.failures_of(&pair_key(client, user)).0 {
+            0 => Ok(true),
+            _ => Err(AuthError::Blocked { retry_after }),
+        }
+    }
+
+    /// Reserves a password check against the client's budget: refused when the
+    /// client's failures reach its limit, held back while failures and checks in
+    /// flight do (so concurrent guesses cannot overrun it).
+    async fn reserve(self: &Arc<Self>, client: IpAddr, user: &str) -> Result<Attempt, AuthError> {
+        let limit = self.policy.load().cfg.failures_per_client;
+        let entry = self.window(client_key(client));
+        loop {
+            let changed = entry.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut w = entry.lock();
+                if w.failures >= limit {
                     return Err(AuthError::Blocked {
-                        retry_after: Duration::from_secs(60) - elapsed,
+                        retry_after: w.retry_after(),
                     });
                 }
+                if w.failures + w.pending < limit {
+                    w.pending += 1;
+                    break;
+                }
             }
+            changed.await;
         }
-        Ok(())
+        Ok(Attempt {
+            auth: self.clone(),
+            entry,
+            client,
+            user: user.to_string(),
+            done: false,
+        })
     }
 
     fn record_failure(&self, client: IpAddr, user: Option<&str>, reason: &'static str) {
         crate::metrics::auth_failure_reason(reason);
-        let mut keys = vec![format!("ip:{client}")];
+        let mut keys = vec![client_key(client)];
         if let Some(u) = user {
-            keys.push(format!("user:{u}"));
+            keys.push(user_key(u));
+            keys.push(pair_key(client, u));
         }
         for key in keys {
-            let w = self.failures.get_with(key, || {
-                Arc::new(Mutex::new(Window {
-                    start: Instant::now(),
-                    failures: 0,
-                }))
-            });
-            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-            if w.start.elapsed() >= Duration::from_secs(60) {
-                *w = Window {
-                    start: Instant::now(),
-                    failures: 0,
-                };
-            }
-            w.failures += 1;
+            self.window(key).lock().failures += 1;
         }
         self.audit(
             "auth_failure",
@@ -397,14 +689,42 @@ impl Auth {
         password: &str,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
-        self.check_blocked(client, Some(user))?;
+        // Refused at once: a client that has failed against a user over its limit.
+        self.user_gate(client, user)?;
+        let attempt = self.reserve(client, user).await?;
         let mut h = sha2::Sha256::new();
         h.update(user.as_bytes());
         h.update([0]);
         h.update(password.as_bytes());
         let key: [u8; 32] = h.finalize().into();
         if let Some(u) = self.verified.get(&key) {
+            attempt.finish(None);
             return Ok(self.user_identity(&u));
+        }
+        let bad = || AuthError::BadCredentials {
+            user: Some(user.to_string()),
+        };
+        if password.len() > MAX_PASSWORD_BYTES {
+            attempt.finish(Some("bad_password"));
+            return Err(bad());
+        }
+        // One check per user at a time; the user's limit is decided under this lock,
+        // so the checks it lets through never exceed it.
+        let lock = self
+            .user_locks
+            .get_with(user.to_string(), || Arc::new(Semaphore::new(1)));
+        let user_permit = lock.acquire_owned().await.ok();
+        if let Some(u) = self.verified.get(&key) {
+            attempt.finish(None);
+            return Ok(self.user_identity(&u));
+        }
+        match self.user_gate(client, user) {
+            Err(e) => {
+                attempt.finish(None);
+                return Err(e);
+            }
+            Ok(true) => tokio::time::sleep(SLOW_DOWN).await,
+            Ok(false) => {}
         }
         let hash = self
             .policy
@@ -412,28 +732,56 @@ impl Auth {
             .users
             .get(user)
             .and_then(|u| u.hash.clone());
-        let ok = match hash {
-            Some(hash) => {
-                let pw = password.to_string();
-                tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false))
-                    .await
-                    .unwrap_or(false)
-            }
-            None => {
-                // Same cost for unknown users, so timing does not tell who exists.
-                let pw = password.to_string();
-                let _ = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &DUMMY_HASH)).await;
-                false
-            }
-        };
-        if !ok {
-            self.record_failure(client, Some(user), "bad_password");
-            return Err(AuthError::BadCredentials {
-                user: Some(user.to_string()),
-            });
+        match self
+            .check_password(attempt, key, password, hash, user_permit)
+            .await
+        {
+            true => Ok(self.user_identity(user)),
+            false => Err(bad()),
         }
-        self.verified.insert(key, Arc::from(user));
-        Ok(self.user_identity(user))
+    }
+
+    /// Runs bcrypt on the blocking pool: one check per client at a time, at most
+    /// `hashing_threads()` at once. The outcome is recorded (the failure counted, or the
+    /// pair remembered as verified) before the permits, the user's included, are let
+    /// go, and even when the request is gone by then. Unknown users (`hash` None) are
+    /// checked against a dummy hash, so timing does not tell who exists.
+    async fn check_password(
+        &self,
+        attempt: Attempt,
+        key: [u8; 32],
+        password: &str,
+        hash: Option<String>,
+        user_permit: Option<OwnedSemaphorePermit>,
+    ) -> bool {
+        let lock = self
+            .client_locks
+            .get_with(attempt.client, || Arc::new(Semaphore::new(1)));
+        let client_permit = lock.acquire_owned().await.ok();
+        let pool_permit = self.hashing.clone().acquire_owned().await.ok();
+        self.password_checks.fetch_add(1, Ordering::Relaxed);
+        let pw = password.to_string();
+        tokio::task::spawn_blocking(move || {
+            let permits = (user_permit, client_permit, pool_permit);
+            let ok = match hash {
+                Some(hash) => bcrypt::verify(pw, &hash).unwrap_or(false),
+                None => {
+                    let _ = bcrypt::verify(pw, &DUMMY_HASH);
+                    false
+                }
+            };
+            if ok {
+                let user: Arc<str> = Arc::from(attempt.user.as_str());
+                attempt.auth.verified.insert(key, user);
+                attempt.finish(None);
+            } else {
+                attempt.finish(Some("bad_password"));
+            }
+            drop(permits);
+            ok
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn user_identity(&self, user: &str) -> Identity {
@@ -441,6 +789,23 @@ impl Auth {
             user: Some(user.to_string()),
             groups: self.groups_of(user),
             method: Method::Password,
+            token_id: None,
+            expires: None,
+        }
+    }
+
+    fn token_identity(&self, t: &store::TokenInfo) -> Identity {
+        let scopes = t
+            .scopes
+            .split_whitespace()
+            .filter_map(|s| policy::parse_scope(s).ok())
+            .collect();
+        Identity {
+            user: Some(t.user.clone()),
+            groups: self.groups_of(&t.user),
+            method: Method::ApiToken(scopes),
+            token_id: Some(t.id.clone()),
+            expires: t.expires,
         }
     }
 
@@ -449,7 +814,7 @@ impl Auth {
         token: &str,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
-        self.check_blocked(client, None)?;
+        self.check_blocked(client)?;
         let hash = store::token_hash(token);
         let found = match self.tokens.get(&hash) {
             Some(f) => f,
@@ -471,16 +836,30 @@ impl Auth {
             self.record_failure(client, None, "bad_token");
             return Err(AuthError::BadCredentials { user: None });
         };
-        let scopes = t
-            .scopes
-            .split_whitespace()
-            .filter_map(|s| policy::parse_scope(s).ok())
-            .collect();
-        Ok(Identity {
-            user: Some(t.user.clone()),
-            groups: self.groups_of(&t.user),
-            method: Method::ApiToken(scopes),
-        })
+        Ok(self.token_identity(&t))
+    }
+
+    /// Makes an API token for `user` (see [`Store::create_token`]).
+    pub fn create_token(
+        &self,
+        user: &str,
+        scopes: &str,
+        expires: Option<u64>,
+    ) -> Result<(String, store::TokenInfo), store::StoreError> {
+        let made = self.store.create_token(user, scopes, expires)?;
+        self.live_tokens.invalidate_all();
+        self.changed();
+        Ok(made)
+    }
+
+    /// Revokes an API token; it, and every JWT issued for it, stop working at once.
+    pub fn revoke_token(&self, id: &str) -> Result<bool, store::StoreError> {
+        let found = self.store.revoke_token(id)?;
+        self.tokens.invalidate_all();
+        self.token_ids.invalidate(id);
+        self.live_tokens.invalidate_all();
+        self.changed();
+        Ok(found)
     }
 
     /// What rules and stored permissions grant `user` on `repo` (tokens not applied).
@@ -570,21 +949,30 @@ impl Auth {
     // Tokens of the token flow.
 
     /// Signs a bearer token for `id` with `access` (already filtered by what it may do).
+    /// It lives `auth.token_ttl`, never past the credential it was issued for (an API
+    /// token's expiry; a JWT's own `exp` when a JWT is renewed), and names that
+    /// credential (`sub`, `tid`) so every use can check that it still stands.
+    /// Returns the token and how long it is valid.
     pub fn issue(&self, id: &Identity, access: Vec<jwt::Access>) -> (String, Duration) {
         let p = self.policy.load();
         let now = store::now_secs();
-        let ttl = p.cfg.token_ttl;
+        let exp = (now + p.cfg.token_ttl.as_secs()).min(id.expires.unwrap_or(u64::MAX));
         let claims = jwt::Claims {
             iss: p.cfg.service.clone(),
             sub: id.user.clone().unwrap_or_default(),
             aud: p.cfg.service.clone(),
-            exp: now + ttl.as_secs(),
+            exp,
             nbf: now,
             iat: now,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             access,
+            tid: id.token_id.clone(),
+            cli: false,
         };
-        (self.keys.sign(&claims), ttl)
+        (
+            self.keys.sign(&claims),
+            Duration::from_secs(exp.saturating_sub(now)),
+        )
     }
 
     /// Signs arbitrary claims (tests forge tokens with it).
@@ -614,6 +1002,7 @@ impl Auth {
     ) -> Result<Actions, store::StoreError> {
         let new = self.store.add_permission(repo, subject, actions)?;
         self.refresh_permissions()?;
+        self.changed();
         Ok(new)
     }
 
@@ -625,6 +1014,7 @@ impl Auth {
     ) -> Result<bool, store::StoreError> {
         let found = self.store.remove_permission(repo, subject, actions)?;
         self.refresh_permissions()?;
+        self.changed();
         Ok(found)
     }
 
@@ -751,6 +1141,26 @@ fn jwt_grants(access: &[jwt::Access], kind: &str, name: &str) -> Actions {
         .fold(Actions::NONE, |acc, a| acc.union(Actions::of(&[a])))
 }
 
+fn client_key(client: IpAddr) -> String {
+    format!("ip:{client}")
+}
+
+fn user_key(user: &str) -> String {
+    format!("user:{user}")
+}
+
+fn pair_key(client: IpAddr, user: &str) -> String {
+    format!("ip-user:{client} {user}")
+}
+
+/// Password checks that may run at once: half the cores, at least one.
+fn hashing_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// A bcrypt hash of a random password, verified against for unknown users.
 static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let pw = uuid::Uuid::new_v4().to_string();
@@ -774,11 +1184,21 @@ pub fn admin_token(keys: &jwt::Keys, service: &str) -> String {
             name: "*".into(),
             actions: vec!["*".into()],
         }],
+        tid: None,
+        cli: true,
     })
 }
 
-/// Makes a bcrypt hash (cost 12) for config or htpasswd.
+/// Makes a bcrypt hash (cost 12) for config or htpasswd. Refuses passwords bcrypt
+/// would cut short (over [`MAX_PASSWORD_BYTES`]).
 pub fn hash_password(password: &str) -> Result<String, String> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "the password is {} bytes; bcrypt uses only the first {MAX_PASSWORD_BYTES}, so \
+             choose one of at most {MAX_PASSWORD_BYTES} bytes",
+            password.len()
+        ));
+    }
     bcrypt::hash(password, 12).map_err(|e| e.to_string())
 }
 
@@ -801,5 +1221,36 @@ mod tests {
         let off = Auth::new(&cfg, dir.path()).unwrap();
         off.log_access(AccessEntry::sample(store::now_ms()));
         assert_eq!(off.log_tx.capacity(), LOG_QUEUE);
+    }
+
+    #[test]
+    fn hashes_are_made_only_for_passwords_bcrypt_reads_whole() {
+        let at_most = "x".repeat(MAX_PASSWORD_BYTES);
+        let hash = hash_password(&at_most).unwrap();
+        assert!(bcrypt::verify(&at_most, &hash).unwrap());
+        let err = hash_password(&format!("{at_most}y")).unwrap_err();
+        assert!(err.contains("73 bytes") && err.contains("72"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_never_outlive_the_credential_and_name_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::new(&AuthConfig::default(), dir.path()).unwrap();
+        let now = store::now_secs();
+        let mut id = Identity::anonymous();
+        id.user = Some("ci".into());
+        id.token_id = Some("tok_1".into());
+        id.expires = Some(now + 30);
+        let (t, ttl) = auth.issue(&id, Vec::new());
+        assert!(ttl <= Duration::from_secs(30), "{ttl:?}");
+        let c = auth.keys.verify(&t, &auth.service(), now).unwrap();
+        assert_eq!(
+            (c.exp, c.tid.as_deref(), c.cli),
+            (now + 30, Some("tok_1"), false)
+        );
+        // Without an expiry, token_ttl.
+        id.expires = None;
+        let (_, ttl) = auth.issue(&id, Vec::new());
+        assert_eq!(ttl, auth.token_ttl());
     }
 }

@@ -294,6 +294,17 @@ impl Store {
             .optional()?)
     }
 
+    pub fn token_by_id(&self, id: &str) -> Result<Option<TokenInfo>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, user, scopes, created, expires, revoked FROM api_tokens WHERE id = ?1",
+                [id],
+                token_row,
+            )
+            .optional()?)
+    }
+
     pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>> {
         let conn = self.conn();
         let mut st = conn.prepare(
@@ -669,6 +680,8 @@ mod tests {
             s.token_by_hash(&token_hash(&token)).unwrap(),
             Some(info.clone())
         );
+        assert_eq!(s.token_by_id(&info.id).unwrap(), Some(info.clone()));
+        assert_eq!(s.token_by_id("tok_nope").unwrap(), None);
         assert_eq!(s.live_token_count().unwrap(), 1);
         assert!(s.revoke_token(&info.id).unwrap());
         assert!(!s.revoke_token(&info.id).unwrap());

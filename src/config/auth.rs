@@ -103,15 +103,20 @@ pub struct AuthConfig {
     pub anonymous_pull_public: bool,
     /// The visibility of a hosted repository created by a push.
     pub default_visibility: Visibility,
-    /// The token endpoint URL in challenges; empty: `<scheme>://<Host header>/token`.
+    /// The token endpoint URL in challenges; empty: `<scheme>://<Host header>/token`,
+    /// which follows the client's `Host` header (the server warns at start when users
+    /// exist and this is empty).
     pub realm: String,
     /// The `service` of the token flow, also the audience and issuer of tokens.
     pub service: String,
-    /// How long an issued bearer token is valid.
+    /// How long an issued bearer token is valid (never past the credential it was
+    /// issued for; accepted at most `jwt::LEEWAY` seconds past its `exp`).
     pub token_ttl: Duration,
-    /// Failed authentications allowed per client address per minute before 429.
+    /// Failed authentications allowed per client address per minute before 429 (the
+    /// client as the rate limits see it: behind trusted proxies, `X-Forwarded-For`).
     pub failures_per_client: u32,
-    /// Failed authentications allowed per user name per minute before 429.
+    /// Failed authentications per user name per minute after which the user's checks
+    /// are slowed down, and clients that failed against it get 429.
     pub failures_per_user: u32,
     /// How long the queryable access log keeps a request.
     pub access_log_retention: Duration,

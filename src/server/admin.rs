@@ -6,7 +6,8 @@
 //!   run time, body `{"repo", "user" | "group", "actions": [..]}`.
 //! - `GET visibility?repo=`, `PUT visibility?repo=` with `{"visibility": "private"}`.
 //! - `GET access-logs?user=&since=24h&limit=`, `GET audit?user=&since=&limit=`.
-//! - `GET tokens[?user=]`, `POST tokens` `{"user", "scopes", "expires"}`, `DELETE tokens/<id>`.
+//! - `GET tokens[?user=]`, `POST tokens` `{"user", "scopes", "expires"}` (with a password
+//!   or an API token, never a bearer JWT), `DELETE tokens/<id>`.
 //! - `GET cache/stats`, `POST cache/purge?repo=|digest=`, `POST gc[?dry_run=1]`
 //!   (`admin_cache.rs`).
 
@@ -234,6 +235,18 @@ pub async fn handle(
             Ok(json(StatusCode::OK, &json!({ "tokens": tokens })))
         }
         ("tokens", &Method::POST) => {
+            // A bearer JWT is short-lived by design: it must not mint a credential that
+            // outlives it. Minting needs a password or an API token.
+            if !matches!(
+                id.method,
+                crate::auth::Method::Password | crate::auth::Method::ApiToken(_)
+            ) {
+                return Err(Error::client(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Denied,
+                    "creating API tokens needs a password or an API token, not a bearer token",
+                ));
+            }
             let body: TokenBody = read_json(req).await?;
             for s in body.scopes.split_whitespace() {
                 parse_scope(s).map_err(|e| bad(&e))?;
@@ -247,9 +260,13 @@ pub async fn handle(
                             .as_secs(),
                 ),
             };
+            // Made with an API token that expires: the new one expires no later.
+            let expires = match (expires, id.expires) {
+                (Some(e), Some(bound)) => Some(e.min(bound)),
+                (e, bound) => e.or(bound),
+            };
             let (token, info) = app
                 .auth
-                .store
                 .create_token(&body.user, &body.scopes, expires)
                 .map_err(internal)?;
             app.auth.audit(
@@ -266,7 +283,7 @@ pub async fn handle(
         }
         (p, &Method::DELETE) if p.starts_with("tokens/") => {
             let tid = &p["tokens/".len()..];
-            if !app.auth.store.revoke_token(tid).map_err(internal)? {
+            if !app.auth.revoke_token(tid).map_err(internal)? {
                 return Err(Error::not_found(
                     ErrorCode::Unsupported,
                     format!("no live token {tid}"),

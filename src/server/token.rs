@@ -1,6 +1,10 @@
 //! `/token`: the token endpoint of the registry token flow (Docker's token
 //! authentication spec, and its OAuth2 POST form). It answers anyone: credentials that
 //! fail were refused before this, and a token only carries the access its holder has.
+//!
+//! Renewal: a JWT presented as Bearer gets a token with at most its own access and its
+//! own `exp` (never later), and only while the user or API token it was issued for
+//! still stands (checked when it authenticates, see `crate::auth`).
 
 use crate::app::{query, App, Ctx};
 use crate::auth::jwt::Access;
@@ -24,6 +28,7 @@ pub async fn handle(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>> {
     let mut params = query(req.uri());
+    let client = app.client_ip(ctx.peer.ip(), req.headers());
     if req.method() == Method::POST {
         let body = read_limited(req.into_body(), MAX_FORM)
             .await
@@ -46,7 +51,7 @@ pub async fn handle(
                 let header = format!("Basic {basic}");
                 id = app
                     .auth
-                    .authenticate(Some(&header), ctx.peer.ip())
+                    .authenticate(Some(&header), client)
                     .await
                     .map_err(|e| {
                         Error::client(
@@ -94,11 +99,10 @@ pub async fn handle(
             .iter()
             .map(|a| format!("{}:{}:{}", a.kind, a.name, a.actions.join(",")))
             .collect();
-        let client = ctx.peer.ip().to_string();
         app.auth.audit(
             "login",
             id.user.as_deref(),
-            Some(&client),
+            Some(&client.to_string()),
             None,
             Some(&granted.join(" ")),
         );

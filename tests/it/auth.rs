@@ -444,6 +444,8 @@ async fn expired_tampered_foreign_and_wrong_scope_tokens_are_refused() {
             name: name.into(),
             actions: actions.iter().map(|a| a.to_string()).collect(),
         }],
+        tid: None,
+        cli: false,
     };
     let get = |t: String| {
         let http = http.clone();
@@ -467,6 +469,14 @@ async fn expired_tampered_foreign_and_wrong_scope_tokens_are_refused() {
         "writer",
         "agent-registry",
         now - 120,
+        "agents/priv",
+        &["pull"],
+    ));
+    // Within the old 30 s of leeway, but past the few seconds now allowed.
+    let just_expired = auth.sign_claims(&claims(
+        "writer",
+        "agent-registry",
+        now - 20,
         "agents/priv",
         &["pull"],
     ));
@@ -505,6 +515,7 @@ async fn expired_tampered_foreign_and_wrong_scope_tokens_are_refused() {
     ));
     for (what, t) in [
         ("expired", expired),
+        ("expired 20 s ago", just_expired),
         ("audience", wrong_aud),
         ("scope", wrong_scope),
         ("tampered", tampered),
@@ -652,12 +663,21 @@ async fn api_tokens_act_within_their_scope_and_revocation_sticks() {
     );
     let r = get_as(&http, &path, &b).await;
     assert_eq!(r.status, StatusCode::OK);
+    // A JWT from /token for the API token.
+    let (status, jwt) = token_with(&http, &bearer, "repository:agents/a:pull").await;
+    assert_eq!(status, StatusCode::OK);
+    let jwt = format!("Bearer {jwt}");
+    assert_eq!(get_as(&http, &path, &jwt).await.status, StatusCode::OK);
+    // Revoked in the store, as `agent-registry token revoke` does from another process.
     assert!(store.revoke_token(&info.id).expect("revoke"));
-    // Within the lookup cache's 10 s the revocation takes hold.
+    // Within the lookup cache's 10 s the revocation takes hold, for the JWT too.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let r = get_as(&http, &path, &bearer).await;
-        if r.status == StatusCode::UNAUTHORIZED {
+        let j = get_as(&http, &path, &jwt).await;
+        if r.status == StatusCode::UNAUTHORIZED && j.status == StatusCode::UNAUTHORIZED {
+            let renewed = token_with(&http, &jwt, "repository:agents/a:pull").await;
+            assert_eq!(renewed.0, StatusCode::UNAUTHORIZED);
             break;
         }
         assert!(
@@ -933,4 +953,350 @@ fn server_cli_tokens_are_shown_once_and_stored_hashed() {
     let o = child.wait_with_output().expect("output");
     let hash = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert!(bcrypt::verify("s3cret", &hash).expect("bcrypt"));
+}
+
+/// The claims of a JWT, unverified (to read `exp`, `access`, `tid`).
+fn claims_of(token: &str) -> serde_json::Value {
+    let body = token.split('.').nth(1).expect("jwt body");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("claims json")
+}
+
+/// `/token` for `scope` with the `Authorization` header given: (status, token).
+async fn token_with(http: &Http, authorization: &str, scope: &str) -> (StatusCode, String) {
+    let path = format!("/token?service=agent-registry&scope={scope}");
+    let r = get_as(http, &path, authorization).await;
+    let t = match r.status.is_success() {
+        true => r.json()["token"].as_str().expect("token").to_string(),
+        false => String::new(),
+    };
+    (r.status, t)
+}
+
+/// The config in effect with `f` applied, installed as a SIGHUP would.
+fn reload(srv: &TestServer, f: impl FnOnce(&mut Config)) {
+    let mut cfg = srv.app.config_snapshot();
+    f(&mut cfg);
+    srv.app.reload(&cfg).expect("reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_revoked_api_tokens_removed_rules_and_deleted_users_stop_working() {
+    let srv = TestServer::start_with(configure);
+    let http = Http::new(&srv.host());
+    let (m, _) = push_image(&http, "agents/priv", "v1", 21).await;
+    set_visibility(&http, "agents/priv", "private").await;
+    let path = format!("/v2/agents/priv/manifests/{m}");
+    let scope = "repository:agents/priv:pull";
+
+    // An API token that expires in 100 s: its JWTs (token_ttl 300 s) end with it, and
+    // renewing one never moves `exp` later.
+    let expires = agent_registry::auth::store::now_secs() + 100;
+    let (api, info) = srv
+        .app
+        .auth
+        .create_token("writer", "agents/*:pull", Some(expires))
+        .expect("token");
+    let (status, j1) = token_with(&http, &format!("Bearer {api}"), scope).await;
+    assert_eq!(status, StatusCode::OK);
+    let c1 = claims_of(&j1);
+    assert_eq!(c1["tid"], info.id.as_str());
+    assert!(c1["exp"].as_u64().expect("exp") <= expires, "{c1}");
+    let b1 = format!("Bearer {j1}");
+    assert_eq!(get_as(&http, &path, &b1).await.status, StatusCode::OK);
+    let (status, j2) = token_with(&http, &b1, scope).await;
+    assert_eq!(status, StatusCode::OK);
+    let c2 = claims_of(&j2);
+    assert!(c2["exp"].as_u64() <= c1["exp"].as_u64(), "{c1} {c2}");
+    assert_eq!(c2["tid"], info.id.as_str());
+    // A password JWT renewed with itself keeps its own `exp` too.
+    let (_, jp) = token_with(&http, &basic("writer"), scope).await;
+    let (_, jp2) = token_with(&http, &format!("Bearer {jp}"), scope).await;
+    assert!(claims_of(&jp2)["exp"].as_u64() <= claims_of(&jp)["exp"].as_u64());
+
+    // The API token revoked through the admin API: its JWTs neither work nor renew.
+    let r = call(
+        &http,
+        "admin",
+        Method::DELETE,
+        &format!("/admin/tokens/{}", info.id),
+        b"",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    for j in [&j1, &j2] {
+        let b = format!("Bearer {j}");
+        let r = get_as(&http, &path, &b).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+        assert!(r
+            .header("www-authenticate")
+            .is_some_and(|c| c.contains("invalid_token")));
+        assert_eq!(
+            token_with(&http, &b, scope).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    // A runtime permission removed through the admin API: the JWT it backed loses it.
+    let grant = br#"{"repo":"agents/priv","user":"reader","actions":["pull"]}"#;
+    let r = call(
+        &http,
+        "admin",
+        Method::POST,
+        "/admin/permissions",
+        grant,
+        "application/json",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (_, jr) = token_with(&http, &basic("reader"), scope).await;
+    let br = format!("Bearer {jr}");
+    assert_eq!(get_as(&http, &path, &br).await.status, StatusCode::OK);
+    let r = call(
+        &http,
+        "admin",
+        Method::DELETE,
+        "/admin/permissions",
+        grant,
+        "application/json",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        get_as(&http, &path, &br).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The writer's rule removed by a reload: the password JWT no longer pulls, and
+    // renewing it yields a token that carries nothing.
+    let bw = format!("Bearer {jp}");
+    assert_eq!(get_as(&http, &path, &bw).await.status, StatusCode::OK);
+    reload(&srv, |c| c.auth.rules.retain(|r| r.groups.is_empty()));
+    let r = get_as(&http, &path, &bw).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
+    let (status, renewed) = token_with(&http, &bw, scope).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claims_of(&renewed)["access"], serde_json::json!([]));
+    let r = get_as(&http, &path, &format!("Bearer {renewed}")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // The admin deleted by a reload: its JWT neither works nor renews.
+    let (_, ja) = token_with(&http, &basic("admin"), scope).await;
+    let ba = format!("Bearer {ja}");
+    assert_eq!(get_as(&http, &path, &ba).await.status, StatusCode::OK);
+    reload(&srv, |c| c.auth.users.retain(|u| u.name != "admin"));
+    let r = get_as(&http, &path, &ba).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|c| c.contains("invalid_token")));
+    assert_eq!(
+        token_with(&http, &ba, scope).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_minted_with_a_password_or_api_token_never_a_bearer_jwt() {
+    let srv = TestServer::start_with(configure);
+    let http = Http::new(&srv.host());
+    let body = br#"{"user":"writer","scopes":"agents/*:pull"}"#;
+    let mint = |authorization: String| {
+        let http = http.clone();
+        async move {
+            let h = [
+                ("authorization", authorization.as_str()),
+                ("content-type", "application/json"),
+            ];
+            http.send(Method::POST, "/admin/tokens", &h, body.to_vec())
+                .await
+        }
+    };
+    // An admin JWT reaches the admin API but cannot mint a lasting credential.
+    let (status, jwt) = token_with(&http, &basic("admin"), "registry:*:*").await;
+    assert_eq!(status, StatusCode::OK);
+    let r = get_as(&http, "/admin/tokens", &format!("Bearer {jwt}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = mint(format!("Bearer {jwt}")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    assert_eq!(r.error_code(), "DENIED");
+    // A password can; so can an admin API token, whose expiry bounds the new one's.
+    let r = mint(basic("admin")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.json()["info"]["expires"].is_null());
+    let expires = agent_registry::auth::store::now_secs() + 600;
+    let (api, _) = srv
+        .app
+        .auth
+        .create_token("admin", "*:admin", Some(expires))
+        .expect("token");
+    let r = mint(format!("Bearer {api}")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["info"]["expires"].as_u64(), Some(expires));
+}
+
+/// Trusted proxy on loopback: `X-Forwarded-For` names the client.
+fn behind_proxy(c: &mut Config, per_client: u32, per_user: u32) {
+    configure(c);
+    c.limits.trusted_proxies = vec![agent_registry::config::IpNet::parse("127.0.0.1").unwrap()];
+    c.auth.failures_per_client = per_client;
+    c.auth.failures_per_user = per_user;
+}
+
+/// GET `path` as `user` with `password` from client `from` (via the trusted proxy).
+async fn login_from(http: &Http, from: &str, user: &str, password: &str) -> StatusCode {
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let auth = format!("Basic {b}");
+    let h = [("authorization", auth.as_str()), ("x-forwarded-for", from)];
+    http.send(Method::GET, "/v2/", &h, Bytes::new())
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_are_checked_at_most_the_limit_and_others_get_in() {
+    let srv = TestServer::start_with(|c| behind_proxy(c, 10, 5));
+    let http = Http::new(&srv.host());
+    let before = srv.app.auth.password_checks();
+    let guesses: Vec<_> = (0..40)
+        .map(|i| {
+            let http = http.clone();
+            tokio::spawn(async move {
+                login_from(&http, "203.0.113.7", "writer", &format!("guess{i}")).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.expect("task").as_u16());
+    }
+    let checked = srv.app.auth.password_checks() - before;
+    assert!(checked <= 5, "{checked} bcrypt checks for a limit of 5");
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 401).count() <= 5,
+        "{statuses:?}"
+    );
+    // Another user from another client is served, and so is the attacked user from a
+    // client that never failed (slowed down, not refused).
+    let wait = std::time::Duration::from_secs(20);
+    let r = tokio::time::timeout(wait, login_from(&http, "198.51.100.2", "admin", PASSWORD));
+    assert_eq!(r.await.expect("admin login waited"), StatusCode::OK);
+    let r = tokio::time::timeout(wait, login_from(&http, "198.51.100.3", "writer", PASSWORD));
+    assert_eq!(r.await.expect("writer login waited"), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_failures_count_per_client_and_never_lock_a_user_out() {
+    // Per client: one forwarded client exhausting its budget does not block another.
+    let srv = TestServer::start_with(|c| behind_proxy(c, 3, 100));
+    let http = Http::new(&srv.host());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            login_from(&http, "203.0.113.7", "writer", "guess")
+                .await
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    assert_eq!(
+        login_from(&http, "198.51.100.2", "writer", "guess").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_from(&http, "198.51.100.2", "writer", PASSWORD).await,
+        StatusCode::OK
+    );
+    // The audit log names the forwarded client, not the proxy.
+    let audit = wait_for(&http, "/admin/audit?user=writer", |v| {
+        v["events"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|x| x["event"] == "auth_failure" && x["client"] == "203.0.113.7")
+        })
+    })
+    .await;
+    assert!(
+        !audit.to_string().contains("\"client\":\"127.0.0.1\""),
+        "{audit}"
+    );
+    drop(srv);
+
+    // Per user: hammering a user from one address does not lock its owner out.
+    let srv = TestServer::start_with(|c| behind_proxy(c, 100, 3));
+    let http = Http::new(&srv.host());
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            login_from(&http, "203.0.113.7", "reader", "guess")
+                .await
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    assert_eq!(
+        login_from(&http, "198.51.100.9", "reader", PASSWORD).await,
+        StatusCode::OK
+    );
+    // The attacker's address stays refused, even with the right password.
+    assert_eq!(
+        login_from(&http, "203.0.113.7", "reader", PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_longer_than_bcrypt_reads_are_refused() {
+    let long = "a".repeat(72);
+    let hash = bcrypt::hash(&long, 4).expect("bcrypt");
+    let srv = TestServer::start_with(|c| {
+        configure(c);
+        c.auth.users.push(UserConfig {
+            name: "long".into(),
+            password_hash: Some(Secret::new(hash)),
+            groups: Vec::new(),
+        });
+    });
+    let http = Http::new(&srv.host());
+    let login = |pw: String| {
+        let http = http.clone();
+        async move {
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("long:{pw}"));
+            get_as(&http, "/admin/whoami", &format!("Basic {b}"))
+                .await
+                .status
+        }
+    };
+    assert_eq!(login(long.clone()).await, StatusCode::OK);
+    // bcrypt would accept this (it reads 72 bytes); the registry does not.
+    assert_eq!(
+        login(format!("{long}anything")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // hash-password refuses to make a hash that would cut the password.
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-registry"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{}\n", "b".repeat(73)).as_bytes())
+        .expect("write");
+    let o = child.wait_with_output().expect("output");
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("73 bytes") && err.contains("72"), "{err}");
 }

@@ -463,6 +463,21 @@ fn sighup_reloads_upstreams_limits_and_auth_at_once_and_keeps_them_if_invalid() 
 }
 
 #[test]
+fn start_warns_when_users_exist_and_no_realm_is_set() {
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    let users = format!("\n[auth]\nusers = [{{ name = \"ops\", password_hash = \"{hash}\" }}]\n");
+    // The warning comes before the "listening" line the start waits for.
+    let p = Proc::start(&users, &[], true);
+    assert!(p.log().contains("auth.realm is not set"), "{}", p.log());
+    let realm = format!("{users}realm = \"https://registry.example.com/token\"\n");
+    let p = Proc::start(&realm, &[], true);
+    assert!(!p.log().contains("auth.realm is not set"), "{}", p.log());
+    // Without users there is nothing to log in to: no warning either.
+    let p = Proc::start("", &[], true);
+    assert!(!p.log().contains("auth.realm is not set"), "{}", p.log());
+}
+
+#[test]
 fn keep_alive_connections_outlive_the_header_timeout_but_silent_sockets_do_not() {
     let p = Proc::start(
         "header_read_timeout = \"1s\"\nkeep_alive_timeout = \"30s\"",

@@ -10,10 +10,12 @@
 //! proxied route.
 //!
 //! In memory a map from digest to upstream names (interned), one lock and one lookup on
-//! the warm path; persisted in `cache_origins` (digest, upstream) with the cache's
-//! relaxed bookkeeping commits, loaded at start, dropped with the object on eviction.
-//! Rows lost in a crash, and caches from before provenance was recorded, only cost one
-//! confirmation with the upstream per (upstream, digest).
+//! the warm path. For cached objects it is persisted in `cache_origins` (digest,
+//! upstream) with the cache's relaxed bookkeeping commits, loaded at start with the
+//! objects, dropped with the object on eviction; a confirmation of bytes that are not a
+//! cached object (hosted content) is kept in memory only. Rows lost in a crash, and
+//! caches from before provenance was recorded, only cost one confirmation with the
+//! upstream per (upstream, digest).
 
 use crate::oci::Digest;
 use std::collections::{HashMap, HashSet};

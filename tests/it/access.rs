@@ -279,6 +279,57 @@ async fn an_upstream_route_serves_only_what_that_upstream_has() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_from_one_upstream_is_not_joined_for_another() {
+    let a = FakeUpstream::start();
+    let b = FakeUpstream::start();
+    let (ua, ub) = (a.url(), b.url());
+    let srv = TestServer::start_with(|c| {
+        default_upstream(c, &ua);
+        c.upstreams.push(UpstreamConfig::new("ghcr.io", &ub));
+    });
+    let layer = crate::support::random(256 << 10, 7);
+    let l = a.add_blob("library/slow", layer.clone());
+    // Upstream a's body stalls halfway, so its fill is in progress for a while.
+    a.set(|s| s.stall_after = Some((128 << 10, std::time::Duration::from_secs(2))));
+    let host = srv.host();
+    let path = format!("/v2/library/slow/blobs/{l}");
+    let first = tokio::spawn(async move { Http::new(&host).get(&path).await });
+    let http = Http::new(&srv.host());
+    for _ in 0..100 {
+        if srv.app.fills.get(&l.parse().expect("digest")).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        srv.app.fills.get(&l.parse().expect("digest")).is_some(),
+        "fill started"
+    );
+    // ghcr.io does not have it: its route does not join a's fill.
+    let started = std::time::Instant::now();
+    let r = http.get(&format!("/v2/ghcr.io/org/slow/blobs/{l}")).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+    );
+    let r = http.head(&format!("/v2/ghcr.io/org/slow/blobs/{l}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "did not wait on the fill"
+    );
+    // Once it has the digest, the same request joins the fill: no download of its own.
+    b.add_blob("org/slow", layer.clone());
+    let r = http.get(&format!("/v2/ghcr.io/org/slow/blobs/{l}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], &layer[..]);
+    assert_eq!(b.blob_gets(&l), 0);
+    let r = first.await.expect("first");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], &layer[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_provenance_survives_a_restart_and_old_caches_are_confirmed_once() {
     let fake = FakeUpstream::start();
     let url = fake.url();

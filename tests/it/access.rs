@@ -309,9 +309,11 @@ async fn a_fill_from_one_upstream_is_not_joined_for_another() {
     let started = std::time::Instant::now();
     let r = http.get(&format!("/v2/ghcr.io/org/slow/blobs/{l}")).await;
     assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+        r.status,
+        StatusCode::NOT_FOUND,
+        "served another upstream's fill"
     );
+    assert_eq!(r.error_code(), "BLOB_UNKNOWN");
     let r = http.head(&format!("/v2/ghcr.io/org/slow/blobs/{l}")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(

@@ -365,13 +365,19 @@ impl App {
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
         );
         let mirror = self.mirror();
+        // Upload sessions belong to a push whatever their method (a GET of an upload's
+        // progress included), so they are routed as writes.
+        let pushing = write || matches!(route, Route::UploadStart(_) | Route::Upload(..));
+        // A plain name that is (or, with a push, becomes) a hosted repository, in front
+        // of the default upstream's repository of that name.
+        let mut shadowed = None;
         let target = match mirror.resolve(&name, query_get(&q, "ns"), host)? {
-            // A plain name that is (or, with a push, becomes) a hosted repository.
             Target::Proxy(p)
                 if p.via_default
                     && mirror.hosted_on_push
-                    && (write || self.storage.is_hosted(name.as_str())) =>
+                    && (pushing || self.storage.is_hosted(name.as_str())) =>
             {
+                shadowed = Some(p);
                 Target::Hosted(name.clone())
             }
             t => t,
@@ -389,6 +395,9 @@ impl App {
                 let dev = self.loopback_dev(&id, ctx.peer);
                 let kind = RepoKind::Hosted { exists };
                 if !dev && !self.auth.allowed(&id, name.as_str(), kind, action) {
+                    if let (Some(p), Action::Pull) = (&shadowed, action) {
+                        return Err(self.shadowed_refusal(&id, &name, p, route, req, ctx).await);
+                    }
                     return Err(self.deny(&id, name.as_str(), action, req.headers(), ctx));
                 }
                 let mount_ok = match (&route, query_get(&q, "from")) {
@@ -398,7 +407,10 @@ impl App {
                     _ => false,
                 };
                 let resp = self.hosted(route, &name, req, mount_ok).await?;
-                if write && m != Method::DELETE && resp.status().is_success() {
+                // Only a write that stored content (201: a blob, a mount, a manifest)
+                // makes a name hosted; an upload started, patched or cancelled does
+                // not, so it never shadows the upstream's repository of that name.
+                if write && resp.status() == StatusCode::CREATED {
                     self.storage.mark_hosted(name.as_str()).await?;
                     if !exists {
                         self.auth
@@ -419,6 +431,33 @@ impl App {
                 ctx.ns = p.ns.clone();
                 self.proxied(route, &name, &p, req, ctx).await
             }
+        }
+    }
+
+    /// A pull of a plain-named hosted repository by someone who may not pull it. A plain
+    /// name nobody pushed is the default upstream's, so such a repository answers as the
+    /// upstream does (its 404, its 400, its failure), which is what the same request for
+    /// a never-pushed name gets; only where the upstream has the object, whose bytes are
+    /// not served under a hosted name, is it refused.
+    async fn shadowed_refusal(
+        self: &Arc<Self>,
+        id: &Identity,
+        name: &RepoName,
+        p: &Proxy,
+        route: Route<'_>,
+        req: Request<ReqBody>,
+        ctx: &mut Ctx,
+    ) -> Error {
+        let n = name.as_str();
+        if !self.auth.allowed(id, n, RepoKind::Mirrored, Action::Pull) {
+            return self.deny(id, n, Action::Pull, req.headers(), ctx);
+        }
+        ctx.upstream = Some(p.upstream.name().to_string());
+        ctx.ns = p.ns.clone();
+        let headers = req.headers().clone();
+        match self.proxied(route, name, p, req, ctx).await {
+            Ok(_) => self.deny(id, n, Action::Pull, &headers, ctx),
+            Err(e) => e,
         }
     }
 
@@ -501,18 +540,16 @@ impl App {
             && peer.ip().is_loopback()
     }
 
-    /// How the rules see `name` for `action`, decided as `dispatch` routes it.
-    fn repo_kind(&self, name: &RepoName, action: Action) -> RepoKind {
+    /// How the rules see `name` for `action`. A plain name that a push could make
+    /// hosted is judged as hosted even while it is not: a pull of it from the upstream
+    /// needs no grant (`Auth::allowed` lets it through as mirrored content), and a grant
+    /// given or withheld for it (the token endpoint's) must not tell a private hosted
+    /// repository from a name nobody pushed.
+    fn repo_kind(&self, name: &RepoName, _action: Action) -> RepoKind {
         let exists = self.storage.is_hosted(name.as_str());
         let mirror = self.mirror();
         match mirror.resolve(name, None, None) {
-            Ok(Target::Proxy(p))
-                if !(p.via_default
-                    && mirror.hosted_on_push
-                    && (action != Action::Pull || exists)) =>
-            {
-                RepoKind::Mirrored
-            }
+            Ok(Target::Proxy(p)) if !(p.via_default && mirror.hosted_on_push) => RepoKind::Mirrored,
             _ => RepoKind::Hosted { exists },
         }
     }

@@ -16,6 +16,7 @@
 
 use super::index::{Counters, Index, Obj};
 use super::memory::MemoryTier;
+use super::origins::Origins;
 use super::policy::Order;
 use super::write_state::WriteState;
 use crate::config::CacheConfig;
@@ -75,6 +76,8 @@ pub struct DiskTier {
     cfg: CacheConfig,
     inner: Mutex<Index>,
     pub write: WriteState,
+    /// Which upstreams are known to have which digests (mirrored routes serve only those).
+    pub origins: Origins,
 }
 
 /// Keeps a digest from eviction while held (a reader or a fill).
@@ -108,7 +111,11 @@ impl Drop for Reservation {
     }
 }
 
-type Loaded = (Vec<(Digest, Obj, u8)>, Vec<(Digest, Digest)>);
+type Loaded = (
+    Vec<(Digest, Obj, u8)>,
+    Vec<(Digest, Digest)>,
+    Vec<(Digest, String)>,
+);
 
 impl DiskTier {
     /// Opens the index of `storage`, loading what a previous run cached.
@@ -118,10 +125,15 @@ impl DiskTier {
         cfg: &CacheConfig,
     ) -> Result<Arc<DiskTier>, MetaError> {
         let started = std::time::Instant::now();
-        let (rows, refs): Loaded = storage.meta.with_sync(|c| {
+        let (rows, refs, origins): Loaded = storage.meta.with_sync(|c| {
             c.execute_batch(SCHEMA)?;
+            c.execute_batch(super::origins::SCHEMA)?;
             let mut stmt = c.prepare(
-                "SELECT digest, kind, size, atime_ms, freq, blake3 FROM cache_objects ORDER BY atime_ms",
+                // Each object with its upstreams (one index probe per row, no second
+                // pass over 100,000 digests).
+                "SELECT digest, kind, size, atime_ms, freq, blake3,
+                    (SELECT group_concat(upstream, char(10)) FROM cache_origins g WHERE g.digest = o.digest)
+                 FROM cache_objects o ORDER BY atime_ms",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -131,12 +143,17 @@ impl DiskTier {
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })?;
             let mut objs = Vec::new();
+            let mut origins = Vec::new();
             for row in rows {
-                let (d, kind, size, atime_ms, freq, blake3) = row?;
+                let (d, kind, size, atime_ms, freq, blake3, ups) = row?;
                 let Ok(d) = d.parse::<Digest>() else { continue };
+                if let Some(ups) = ups {
+                    origins.push((d.clone(), ups));
+                }
                 let kind = if kind == 1 { ObjKind::Manifest } else { ObjKind::Blob };
                 let obj = Obj {
                     size: size.max(0) as u64,
@@ -155,7 +172,7 @@ impl DiskTier {
                     refs.push((m, t));
                 }
             }
-            Ok((objs, refs))
+            Ok((objs, refs, origins))
         })?;
         let mut idx = Index {
             order: Order::new(cfg.policy, cfg.max_size),
@@ -191,6 +208,8 @@ impl DiskTier {
                 idx.order.insert(d, w, freq);
             }
         }
+        let known = Origins::default();
+        known.load(origins);
         let n = idx.objs.len();
         let write = WriteState::new(&storage);
         tracing::info!(
@@ -205,6 +224,7 @@ impl DiskTier {
             cfg: cfg.clone(),
             inner: Mutex::new(idx),
             write,
+            origins: known,
         }))
     }
 
@@ -268,7 +288,9 @@ impl DiskTier {
     }
 
     /// Records a committed object (in the reservation made for it). `refs`: what a
-    /// manifest references.
+    /// manifest references; `origin`: the upstream it was fetched from (None: unknown,
+    /// as for files adopted after a crash).
+    #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         self: &Arc<Self>,
         d: &Digest,
@@ -277,8 +299,13 @@ impl DiskTier {
         refs: Vec<Digest>,
         blake3: Option<String>,
         reservation: Reservation,
+        origin: Option<&str>,
     ) {
         let now = crate::storage::mirror_meta::now_ms();
+        if let Some(up) = origin {
+            self.origins.note(up, d);
+        }
+        let origin = origin.map(str::to_string);
         let mut reservation = reservation;
         {
             let mut idx = self.lock();
@@ -324,12 +351,42 @@ impl DiskTier {
                         params![key, t],
                     )?;
                 }
+                if let Some(up) = origin {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO cache_origins(digest, upstream) VALUES (?1, ?2)",
+                        params![key, up],
+                    )?;
+                }
                 tx.commit()?;
                 Ok(())
             })
             .await;
         if let Err(e) = r {
             tracing::warn!(digest = %d, error = %e, "cache index row not persisted");
+        }
+    }
+
+    /// Records that `upstream` has `d` (it confirmed so for bytes already held here);
+    /// persisted for cached objects (whose rows eviction removes), in memory only for
+    /// the rest (hosted bytes: confirmed again after a restart).
+    pub async fn record_origin(&self, upstream: &str, d: &Digest) {
+        if !self.origins.note(upstream, d) || !self.contains(d) {
+            return;
+        }
+        let (key, up) = (d.to_string(), upstream.to_string());
+        let r = self
+            .storage
+            .meta
+            .with_relaxed(move |c| {
+                c.execute(
+                    "INSERT OR IGNORE INTO cache_origins(digest, upstream) VALUES (?1, ?2)",
+                    params![key, up],
+                )?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(digest = %d, upstream, error = %e, "cache provenance row not persisted");
         }
     }
 
@@ -348,6 +405,7 @@ impl DiskTier {
         for (d, _) in &victims {
             self.memory.remove_manifest(d);
             self.memory.remove_blob(d);
+            self.origins.remove(d);
         }
         let keys: Vec<(String, ObjKind)> =
             victims.iter().map(|(d, k)| (d.to_string(), *k)).collect();
@@ -361,6 +419,7 @@ impl DiskTier {
                 for (d, kind) in &keys {
                     tx.execute("DELETE FROM cache_objects WHERE digest = ?1", params![d])?;
                     tx.execute("DELETE FROM cache_refs WHERE manifest = ?1", params![d])?;
+                    tx.execute("DELETE FROM cache_origins WHERE digest = ?1", params![d])?;
                     if *kind == ObjKind::Manifest {
                         tx.execute("DELETE FROM mirror_manifests WHERE digest = ?1", params![d])?;
                     }
@@ -561,7 +620,9 @@ impl DiskTier {
                             .unwrap_or_default(),
                         ObjKind::Blob => Vec::new(),
                     };
-                    self.admit(&d, size, kind, refs, None, r).await;
+                    // Adopted without provenance: a mirrored route confirms with its
+                    // upstream before serving it.
+                    self.admit(&d, size, kind, refs, None, r, None).await;
                     adopted += 1;
                 }
                 None => {
@@ -603,7 +664,8 @@ mod tests {
         let d = Digest::sha256_of(bytes);
         let r = t.reserve(bytes.len() as u64).await.expect("room");
         s.blobs.put_bytes(&d, bytes).await.unwrap();
-        t.admit(&d, bytes.len() as u64, kind, refs, None, r).await;
+        t.admit(&d, bytes.len() as u64, kind, refs, None, r, Some("up"))
+            .await;
         d
     }
 
@@ -701,6 +763,34 @@ mod tests {
         assert!(t2.reserve(1000).await.is_some());
         assert!(exists(&s, &hosted), "hosted bytes are never evicted");
         assert!(!exists(&s, &other));
+        drop(dir);
+    }
+
+    #[tokio::test]
+    async fn provenance_survives_reopen_and_goes_with_the_object() {
+        let (dir, s, t) = setup(1000, Policy::Lru).await;
+        let a = put(&t, &s, &[1u8; 400], ObjKind::Blob, vec![]).await;
+        assert!(t.origins.has("up", &a) && !t.origins.has("other", &a));
+        let b = Digest::sha256_of(b"hosted elsewhere");
+        t.record_origin("other", &b).await;
+        let cfg = CacheConfig {
+            max_size: 1000,
+            policy: Policy::Lru,
+            ..CacheConfig::default()
+        };
+        // A cached object's confirmation is persisted; one for bytes not in the cache
+        // (hosted) is kept in memory only.
+        t.record_origin("other", &a).await;
+        assert!(t.origins.has("other", &b));
+        let t2 = DiskTier::open(s.clone(), MemoryTier::new(1 << 20), &cfg).unwrap();
+        assert!(t2.origins.has("up", &a) && t2.origins.has("other", &a));
+        assert!(!t2.origins.has("other", &b));
+        drop(t);
+        // Evicting the object drops its provenance, in memory and in SQLite.
+        assert!(t2.reserve(1000).await.is_some());
+        assert!(!t2.origins.has("up", &a));
+        let t3 = DiskTier::open(s.clone(), MemoryTier::new(1 << 20), &cfg).unwrap();
+        assert!(!t3.origins.has("up", &a) && !t3.origins.has("other", &a));
         drop(dir);
     }
 }

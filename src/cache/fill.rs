@@ -85,6 +85,8 @@ pub struct Progress {
 
 pub struct Fill {
     pub digest: Digest,
+    /// The upstream the bytes come from (recorded as the object's provenance).
+    pub origin: Arc<str>,
     file: Arc<std::fs::File>,
     progress: watch::Receiver<Progress>,
     tier: Option<Arc<DiskTier>>,
@@ -104,12 +106,14 @@ impl Fills {
         let _ = self.tier.set(tier);
     }
 
-    /// Joins the fill of `digest`, starting it with `source` if none is running.
-    /// Returns the fill and whether this call started it.
+    /// Joins the fill of `digest`, starting it with `source` (the upstream `origin`) if
+    /// none is running. Returns the fill and whether this call started it; a joined
+    /// fill may come from another upstream (see [`Fill::origin`]).
     pub async fn join(
         self: &Arc<Self>,
         storage: &Arc<Storage>,
         digest: &Digest,
+        origin: &str,
         source: Source,
     ) -> Result<(Arc<Fill>, bool), FillError> {
         if let Some(f) = self.get(digest) {
@@ -127,8 +131,10 @@ impl Fills {
         })?;
         let file = std::fs::File::open(temp.path()).map_err(internal)?;
         let (tx, rx) = watch::channel(Progress::default());
+        let origin: Arc<str> = origin.into();
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            origin: origin.clone(),
             file: Arc::new(file),
             progress: rx,
             tier: tier.clone(),
@@ -145,7 +151,7 @@ impl Fills {
         }
         let (fills, storage, digest) = (self.clone(), storage.clone(), digest.clone());
         tokio::spawn(async move {
-            let outcome = run(&storage, &digest, source, temp, &tx, tier).await;
+            let outcome = run(&storage, &digest, &origin, source, temp, &tx, tier).await;
             // Remove from the table only after the commit, so a new reader finds either
             // this fill or the committed blob.
             fills
@@ -265,6 +271,7 @@ impl Hashing {
 async fn run(
     storage: &Storage,
     digest: &Digest,
+    origin: &str,
     source: Source,
     mut temp: crate::storage::TempBlob,
     tx: &watch::Sender<Progress>,
@@ -418,6 +425,7 @@ async fn run(
                 Vec::new(),
                 Some(sum),
                 reservation,
+                Some(origin),
             )
             .await;
         }
@@ -630,7 +638,7 @@ mod tests {
             let (storage, fills, digest, src) =
                 (storage.clone(), fills.clone(), digest.clone(), src.clone());
             tasks.push(tokio::spawn(async move {
-                let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
+                let (fill, _) = fills.join(&storage, &digest, "up", src).await.unwrap();
                 assert_eq!(fill.started().await.unwrap(), Some(3 << 20));
                 if i % 2 == 0 {
                     (0, None, read_all(&fill, 0, None).await.unwrap())
@@ -661,9 +669,12 @@ mod tests {
         let bytes = data(1 << 20);
         let digest = Digest::sha256_of(&bytes);
         let (src, _) = source(bytes, None, true);
-        let (fill, started) = fills.join(&storage, &digest, src.clone()).await.unwrap();
+        let (fill, started) = fills
+            .join(&storage, &digest, "up", src.clone())
+            .await
+            .unwrap();
         assert!(started);
-        let (fill2, started2) = fills.join(&storage, &digest, src).await.unwrap();
+        let (fill2, started2) = fills.join(&storage, &digest, "up", src).await.unwrap();
         assert!(!started2);
         assert!(read_all(&fill, 0, None).await.is_err());
         assert!(read_all(&fill2, 0, None).await.is_err());
@@ -681,7 +692,7 @@ mod tests {
         let bytes = data(2 << 20);
         let digest = Digest::sha256_of(&bytes);
         let (src, probe) = source(bytes.clone(), Some(640 * 1024), false);
-        let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
+        let (fill, _) = fills.join(&storage, &digest, "up", src).await.unwrap();
         assert_eq!(read_all(&fill, 0, None).await.unwrap(), bytes);
         assert_eq!(probe.calls.lock().unwrap().as_slice(), &[0, 640 * 1024]);
         assert!(committed(&storage, &digest).await);
@@ -693,7 +704,7 @@ mod tests {
         let bytes = data(2 << 20);
         let digest = Digest::sha256_of(&bytes);
         let (src, _) = source(bytes, None, false);
-        let (fill, _) = fills.join(&storage, &digest, src).await.unwrap();
+        let (fill, _) = fills.join(&storage, &digest, "up", src).await.unwrap();
         let mut r = Box::pin(fill.reader(0, None));
         let first = r.next().await.unwrap().unwrap();
         assert!(!first.is_empty());

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod fill;
 mod index;
 pub mod memory;
+pub mod origins;
 pub mod policy;
 pub mod write_state;
 

@@ -33,7 +33,17 @@ pub async fn get(
 ) -> Result<Response<Body>> {
     let digest = parse_digest(d)?;
     let layers = app.config.cache.effective().layers;
-    if layers {
+    let up = p.upstream.name();
+    // Bytes held here are served on this upstream's route only when the upstream is
+    // known to have them; held but unknown (hosted content, another upstream's, a cache
+    // from before provenance was recorded) is asked of the upstream first, so its
+    // answer decides the status exactly as for a digest not held at all.
+    let known = app.cache.origins.has(up, &digest)
+        || (layers && app.storage.blobs.path(&digest).exists() && {
+            confirm(app, p, &digest, head).await?;
+            true
+        });
+    if layers && known {
         if let Some(b) = app.memory.blob(&digest) {
             ctx.cache = CacheStatus::Hit;
             ctx.served_from = Some(Served::Memory);
@@ -62,7 +72,7 @@ pub async fn get(
     }
     let (fill, started) = match app
         .fills
-        .join(&app.storage, &digest, source(p, &digest))
+        .join(&app.storage, &digest, up, source(p, &digest))
         .await
     {
         Ok(f) => f,
@@ -73,6 +83,10 @@ pub async fn get(
         }
         Err(e) => return Err(fill_error(p, &digest, e)),
     };
+    if !started && &*fill.origin != up && !app.cache.origins.has(up, &digest) {
+        // Another upstream's fill: joined only once this upstream confirms the digest.
+        confirm(app, p, &digest, head).await?;
+    }
     ctx.cache = if started {
         CacheStatus::Miss
     } else {
@@ -260,6 +274,37 @@ fn take(
     })
 }
 
+/// Asks the upstream whether it has `digest` (a HEAD), for bytes held here that it is
+/// not yet known to have; records the answer when yes. A refusal is the error the same
+/// request gets for a digest not held here: the fill's for a GET, `head_upstream`'s for
+/// a HEAD, so the two cases cannot be told apart.
+async fn confirm(app: &App, p: &Proxy, digest: &Digest, head: bool) -> Result<()> {
+    let up = &p.upstream;
+    let path = format!("/v2/{}/blobs/{digest}", p.repo);
+    match up
+        .send(Method::HEAD, &path, &p.repo, HeaderMap::new())
+        .await
+    {
+        Ok(_) => {
+            app.cache.record_origin(up.name(), digest).await;
+            Ok(())
+        }
+        Err(e) if head && e.status() == Some(StatusCode::NOT_FOUND) => Err(blob_unknown(p, digest)),
+        Err(e) if head => Err(upstream_error(&e)),
+        Err(e) => Err(fill_error(p, digest, fetch_error(e))),
+    }
+}
+
+/// How the fill's source classifies an upstream failure.
+fn fetch_error(e: UpstreamError) -> FillError {
+    match e.status() {
+        Some(StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
+            FillError::new(FillErrorKind::NotFound, e.to_string())
+        }
+        _ => FillError::new(FillErrorKind::Unavailable, e.to_string()),
+    }
+}
+
 /// A HEAD for a blob we do not hold: ask the upstream, start nothing.
 async fn head_upstream(p: &Proxy, digest: &Digest) -> Result<Response<Body>> {
     let up = &p.upstream;
@@ -335,19 +380,9 @@ fn source(p: &Proxy, digest: &Digest) -> Source {
                     crate::server::body::hv(&format!("bytes={offset}-")),
                 );
             }
-            let unavailable =
-                |e: UpstreamError| FillError::new(FillErrorKind::Unavailable, e.to_string());
             let resp = match up.send(Method::GET, &path, &repo, headers).await {
                 Ok(r) => r,
-                Err(e)
-                    if matches!(
-                        e.status(),
-                        Some(StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED)
-                    ) =>
-                {
-                    return Err(FillError::new(FillErrorKind::NotFound, e.to_string()))
-                }
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(fetch_error(e)),
             };
             let len = resp
                 .headers()

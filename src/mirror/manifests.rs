@@ -73,14 +73,27 @@ async fn by_digest(
     d: &Digest,
 ) -> Result<(Arc<Manifest>, CacheStatus, Option<Source>)> {
     let metadata = app.config.cache.effective().metadata;
-    if let Some(m) = app.memory.manifest(d).filter(|_| metadata) {
+    let up = p.upstream.name();
+    // Held manifests are shared by digest across upstreams: served on this upstream's
+    // route only when it is known to have the digest (else confirmed with a HEAD first,
+    // whose refusal is the fetch's, so held and not held look the same).
+    let known = app.cache.origins.has(up, d);
+    let in_memory = app.memory.manifest(d).filter(|_| metadata);
+    if let Some(m) = in_memory.as_ref().filter(|_| known) {
         app.cache.touch(d);
-        return Ok((m, CacheStatus::Hit, Some(Source::Memory)));
+        return Ok((m.clone(), CacheStatus::Hit, Some(Source::Memory)));
     }
     let cached = match metadata {
         true => app.storage.meta.mirror_manifest(&d.to_string()).await?,
         false => None,
     };
+    if !known && (in_memory.is_some() || cached.is_some()) {
+        confirm(app, p, d).await?;
+        if let Some(m) = in_memory {
+            app.cache.touch(d);
+            return Ok((m, CacheStatus::Hit, Some(Source::Memory)));
+        }
+    }
     if let Some((mt, _)) = cached {
         if let Ok(bytes) = tokio::fs::read(app.storage.blobs.path(d)).await {
             if d.matches(&bytes) {
@@ -114,6 +127,24 @@ async fn by_digest(
         bytes,
     });
     Ok((m, CacheStatus::Miss, None))
+}
+
+/// Asks the upstream whether it has manifest `d` (a HEAD: Docker Hub does not count it
+/// as a pull) and records it when yes; refused exactly as `fetch` would be.
+async fn confirm(app: &App, p: &Proxy, d: &Digest) -> Result<()> {
+    let up = &p.upstream;
+    let path = format!("/v2/{}/manifests/{d}", p.repo);
+    match up
+        .send(Method::HEAD, &path, &p.repo, accept_headers())
+        .await
+    {
+        Ok(_) => {
+            app.cache.record_origin(up.name(), d).await;
+            Ok(())
+        }
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(unknown(p, &d.to_string())),
+        Err(e) => Err(upstream_error(&e)),
+    }
 }
 
 /// The tag row: memory first, then SQLite (which stays the source of truth). None when
@@ -228,16 +259,18 @@ async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, St
     };
     // Verified: serve from memory now, make the disk copy in the background.
     if app.config.cache.effective().metadata {
+        app.cache.origins.note(up.name(), &digest);
         app.memory.put_manifest(&digest, &mt, bytes.clone());
         let (bg, d, m, b) = (app.clone(), digest.clone(), mt.clone(), bytes.clone());
-        tokio::spawn(async move { keep_on_disk(&bg, &d, &m, &b).await });
+        let origin = up.name().to_string();
+        tokio::spawn(async move { keep_on_disk(&bg, &d, &m, &b, &origin).await });
     }
     Ok((digest, mt, bytes))
 }
 
 /// Stores a verified manifest in the disk tier, with what it references, so eviction
 /// takes its blobs only with or after it.
-async fn keep_on_disk(app: &Arc<App>, d: &Digest, mt: &str, b: &Bytes) {
+async fn keep_on_disk(app: &Arc<App>, d: &Digest, mt: &str, b: &Bytes, origin: &str) {
     if !app.cache.write.writable() {
         return;
     }
@@ -272,7 +305,15 @@ async fn keep_on_disk(app: &Arc<App>, d: &Digest, mt: &str, b: &Bytes) {
     }
     let sum = blake3::hash(b).to_hex().to_string();
     app.cache
-        .admit(d, b.len() as u64, ObjKind::Manifest, refs, Some(sum), room)
+        .admit(
+            d,
+            b.len() as u64,
+            ObjKind::Manifest,
+            refs,
+            Some(sum),
+            room,
+            Some(origin),
+        )
         .await;
 }
 

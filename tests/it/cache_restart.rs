@@ -213,6 +213,12 @@ async fn restart_with_100k_cached_blobs_serves_within_two_seconds() {
             rusqlite::params![d.to_string(), body.len() as i64, i64::from(i)],
         )
         .expect("row");
+        // And the upstream each was fetched from (provenance, also loaded at start).
+        conn.execute(
+            "INSERT INTO cache_origins(digest, upstream) VALUES (?1, 'docker.io')",
+            rusqlite::params![d.to_string()],
+        )
+        .expect("provenance row");
         kept = Some((d, body));
     }
     conn.execute_batch("COMMIT").expect("commit");

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod access;
 mod api;
 mod auth;
 mod cache;

@@ -335,6 +335,17 @@ fn answer(
                 .map(|(_, t)| t.clone())
                 .collect();
             tags.sort();
+            // A repository the registry knows nothing of is unknown, as in distribution.
+            let known = !tags.is_empty()
+                || lock(&st.manifests).keys().any(|(r, _)| r == repo)
+                || lock(&st.blobs).keys().any(|(r, _)| r == repo);
+            if !known {
+                return oci_error(
+                    StatusCode::NOT_FOUND,
+                    "NAME_UNKNOWN",
+                    "repository name not known to registry",
+                );
+            }
             json(
                 StatusCode::OK,
                 &serde_json::json!({"name": repo, "tags": tags}).to_string(),

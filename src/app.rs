@@ -74,6 +74,9 @@ pub struct Ctx {
     pub route: &'static str,
     pub repo: Option<String>,
     pub peer: SocketAddr,
+    /// The client: the peer, or behind a trusted proxy the address `X-Forwarded-For`
+    /// names. Logs, audit records, login limits and the loopback rule use it.
+    pub client: std::net::IpAddr,
     pub cache: CacheStatus,
     pub upstream: Option<String>,
     pub ns: Option<String>,
@@ -223,6 +226,7 @@ impl App {
             route: route.label(),
             repo: route.repo().map(str::to_string),
             peer,
+            client: self.client_ip(peer.ip(), req.headers()),
             cache: CacheStatus::Bypass,
             upstream: None,
             ns: None,
@@ -266,7 +270,7 @@ impl App {
         let identity = ctx.identity.as_deref().unwrap_or("-");
         tracing::info!(
             target: "access",
-            client = %ctx.peer.ip(),
+            client = %ctx.client,
             identity,
             method = %method,
             route = ctx.route,
@@ -280,7 +284,7 @@ impl App {
         let bytes = length.and_then(|l| l.parse().ok());
         self.auth.log_access(crate::auth::store::AccessEntry {
             ts_ms: crate::auth::store::now_ms(),
-            client: ctx.peer.ip(),
+            client: ctx.client,
             user: ctx.identity.take(),
             method,
             route: ctx.route,
@@ -303,8 +307,7 @@ impl App {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let client = self.client_ip(ctx.peer.ip(), req.headers());
-        let id = match self.auth.authenticate(authorization, client).await {
+        let id = match self.auth.authenticate(authorization, ctx.client).await {
             Ok(id) => id,
             Err(e) => return Err(self.auth_error(e, req.headers())),
         };
@@ -392,7 +395,7 @@ impl App {
         match target {
             Target::Hosted(name) => {
                 let exists = self.storage.is_hosted(name.as_str());
-                let dev = self.loopback_dev(&id, ctx.peer);
+                let dev = self.loopback_dev(&id, ctx.client);
                 let kind = RepoKind::Hosted { exists };
                 if !dev && !self.auth.allowed(&id, name.as_str(), kind, action) {
                     if let (Some(p), Action::Pull) = (&shadowed, action) {
@@ -534,10 +537,12 @@ impl App {
 
     /// `server.hosted_writes = "loopback"`: an anonymous client on loopback may do
     /// anything to hosted repositories (development and tests).
-    fn loopback_dev(&self, id: &Identity, peer: SocketAddr) -> bool {
+    /// The client is the forwarded one behind a trusted proxy: a proxy on loopback does
+    /// not make its clients local.
+    fn loopback_dev(&self, id: &Identity, client: std::net::IpAddr) -> bool {
         self.config.server.hosted_writes == HostedWrites::Loopback
             && id.is_anonymous()
-            && peer.ip().is_loopback()
+            && client.is_loopback()
     }
 
     /// How the rules see `name` for `action`. A plain name that a push could make
@@ -579,7 +584,7 @@ impl App {
 
     /// The admin API needs `admin` on `*` (or the loopback development mode).
     fn require_admin(&self, id: &Identity, req: &Request<ReqBody>, ctx: &Ctx) -> Result<()> {
-        if self.loopback_dev(id, ctx.peer) || self.auth.is_admin(id) {
+        if self.loopback_dev(id, ctx.client) || self.auth.is_admin(id) {
             return Ok(());
         }
         let scope = "registry:*:*".to_string();
@@ -616,7 +621,7 @@ impl App {
         ctx: &Ctx,
     ) -> Error {
         crate::metrics::auth_denied(action);
-        let client = ctx.peer.ip().to_string();
+        let client = ctx.client.to_string();
         let detail = format!("{} {what}", action.as_str());
         self.auth.audit(
             "denied",

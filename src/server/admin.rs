@@ -51,7 +51,7 @@ pub async fn handle(
 ) -> Result<Response<Body>> {
     let m = req.method().clone();
     let q = query(req.uri());
-    let client = ctx.peer.ip().to_string();
+    let client = ctx.client.to_string();
     match (path, &m) {
         ("whoami", &Method::GET) => Ok(json(
             StatusCode::OK,

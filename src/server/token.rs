@@ -28,7 +28,7 @@ pub async fn handle(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>> {
     let mut params = query(req.uri());
-    let client = app.client_ip(ctx.peer.ip(), req.headers());
+    let client = ctx.client;
     if req.method() == Method::POST {
         let body = read_limited(req.into_body(), MAX_FORM)
             .await

@@ -1300,3 +1300,42 @@ async fn passwords_longer_than_bcrypt_reads_are_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("73 bytes") && err.contains("72"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_logged_and_never_local() {
+    // The proxy is on loopback; the loopback development mode must not reach through it.
+    let srv = TestServer::start_with(|c| {
+        behind_proxy(c, 100, 100);
+        c.server.hosted_writes = HostedWrites::Loopback;
+    });
+    let http = Http::new(&srv.host());
+    let start = |from: Option<&'static str>| {
+        let http = http.clone();
+        async move {
+            let h: Vec<(&str, &str)> = from.map(|f| ("x-forwarded-for", f)).into_iter().collect();
+            http.send(
+                Method::POST,
+                "/v2/agents/fwd/blobs/uploads/",
+                &h,
+                Bytes::new(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(start(None).await, StatusCode::ACCEPTED);
+    assert_eq!(start(Some("203.0.113.7")).await, StatusCode::UNAUTHORIZED);
+    // The access log and the audit log name the forwarded client.
+    let logs = wait_for(&http, "/admin/access-logs?since=1h", |v| {
+        v.to_string().contains("\"client\":\"203.0.113.7\"")
+    })
+    .await;
+    assert!(logs.to_string().contains("upload"), "{logs}");
+    wait_for(&http, "/admin/audit?since=1h", |v| {
+        v["events"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|x| x["event"] == "denied" && x["client"] == "203.0.113.7")
+        })
+    })
+    .await;
+}

@@ -432,7 +432,24 @@ impl App {
                 }
                 ctx.upstream = Some(p.upstream.name().to_string());
                 ctx.ns = p.ns.clone();
-                self.proxied(route, &name, &p, req, ctx).await
+                // A push to a new plain name starts with blob HEADs (does the registry
+                // have it?) before its first write makes the name hosted. When the
+                // default upstream cannot answer (air-gapped), this registry answers that
+                // check itself: the name holds no hosted content (else it would be
+                // hosted above), so the blob is unknown here. GETs still answer 502/504.
+                let push_check = matches!(route, Route::Blob(..))
+                    && m == Method::HEAD
+                    && p.via_default
+                    && mirror.hosted_on_push;
+                match self.proxied(route, &name, &p, req, ctx).await {
+                    Err(Error::Client {
+                        status, message, ..
+                    }) if push_check && status.is_server_error() => Err(Error::not_found(
+                        ErrorCode::BlobUnknown,
+                        format!("blob unknown in {name}; the upstream did not answer: {message}"),
+                    )),
+                    answered => answered,
+                }
             }
         }
     }

@@ -38,7 +38,30 @@ impl Mirror {
                     format!("namespace {ns:?} is not a configured upstream"),
                 )
             })?;
-            return Ok(Target::Proxy(proxy(up, n, Some(ns.to_string()))));
+            // containerd with `override_path = true` sends both the path prefix and `ns`
+            // (`/v2/docker.io/library/x/...?ns=docker.io`): the prefix is dropped when it
+            // names the same upstream (or an alias of it); a registry host naming another
+            // upstream is an error.
+            let repo = match n.split_once('/') {
+                Some((first, rest)) => match self.by_name.get(first) {
+                    Some(named) if Arc::ptr_eq(named, up) => rest,
+                    // A host-like first segment (Docker's rule: a `.`, a `:` or
+                    // `localhost`) names a registry; any other is part of the repository.
+                    Some(named) if first.contains(['.', ':']) || first == "localhost" => {
+                        return Err(Error::not_found(
+                            ErrorCode::NameUnknown,
+                            format!(
+                                "the path names upstream {} but namespace {ns:?} is upstream {}",
+                                named.name(),
+                                up.name()
+                            ),
+                        ))
+                    }
+                    _ => n,
+                },
+                None => n,
+            };
+            return Ok(Target::Proxy(proxy(up, repo, Some(ns.to_string()))));
         }
         if let Some((first, rest)) = n.split_once('/') {
             if let Some(up) = self.by_name.get(first) {
@@ -145,6 +168,30 @@ mod tests {
             None,
             None,
             "docker.io library/alpine",
+        );
+        // containerd's override_path sends the prefix and ns together: they must agree.
+        check(
+            &m,
+            "docker.io/library/alpine",
+            Some("docker.io"),
+            None,
+            "docker.io library/alpine",
+        );
+        check(
+            &m,
+            "hub/library/alpine",
+            Some("docker.io"),
+            None,
+            "docker.io library/alpine",
+        );
+        // An alias that is no host name stays part of the name on the upstream.
+        check(&m, "hub/app", Some("ghcr.io"), None, "ghcr.io hub/app");
+        check(
+            &m,
+            "ghcr.io/org/app",
+            Some("docker.io"),
+            None,
+            "error:the path names upstream ghcr.io but namespace \"docker.io\" is upstream docker.io",
         );
         let e = "error:namespace \"evil.example.com\" is not a configured upstream";
         check(&m, "x/y", Some("evil.example.com"), None, e);

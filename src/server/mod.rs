@@ -133,6 +133,7 @@ pub async fn serve(
                         peer,
                         activity: &activity,
                         admin_only: false,
+                        draining: false,
                         slot,
                         body_limits,
                     };
@@ -153,14 +154,88 @@ pub async fn serve(
     if let Some(reload) = reload {
         reload.abort();
     }
+    let drain = async {
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(cfg.drain_timeout) => tracing::warn!("drain deadline passed, closing"),
+        }
+    };
+    accept_while_draining(&app, &listener, tls.as_ref(), drain).await;
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(cfg.drain_timeout) => tracing::warn!("drain deadline passed, closing"),
-    }
     // The cache's recency survives the restart.
     app.cache.flush().await;
 }
+
+/// While `drain` runs (the requests in flight at the stop finish), the listener stays
+/// open so that load balancers polling `/readyz` see 503 rather than a refused
+/// connection. Connections accepted now are served one request each (no keep-alive):
+/// health and metrics as usual, `/readyz` 503, everything else 503 (`Conn::draining`).
+async fn accept_while_draining(
+    app: &Arc<App>,
+    listener: &TcpListener,
+    tls: Option<&Arc<ServerTls>>,
+    drain: impl std::future::Future<Output = ()>,
+) {
+    let late = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = builder(&app.config.server);
+    builder.http1().keep_alive(false);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(DRAIN_CONNECTIONS));
+    tokio::pin!(drain);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut drain => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (app, builder, watcher) = (app.clone(), builder.clone(), late.watcher());
+        let acceptor = tls.map(|t| t.acceptor());
+        let cfg = app.config.server.clone();
+        let body_limits = body_limits(app.limits().config());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let activity = idle::Activity::new();
+            let conn = async {
+                let stream = match acceptor {
+                    None => Some(Box::new(stream) as Box<dyn Io>),
+                    Some(acceptor) => tls::handshake(acceptor, stream, peer)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Io>),
+                };
+                if let Some(stream) = stream {
+                    activity.touch();
+                    let stream = idle::IdleIo::new(stream, activity.clone());
+                    let conn = Conn {
+                        peer,
+                        activity: &activity,
+                        admin_only: false,
+                        draining: true,
+                        slot: None,
+                        body_limits,
+                    };
+                    serve_connection(app, &builder, watcher, stream, conn).await;
+                }
+            };
+            tokio::select! {
+                _ = conn => {}
+                _ = activity.expired(cfg.keep_alive_timeout, Some(cfg.header_read_timeout)) => {}
+            }
+        });
+    }
+    // Answers being written on late connections get a moment; they are small.
+    let _ = tokio::time::timeout(Duration::from_secs(1), late.shutdown()).await;
+}
+
+/// Connections the listener takes at most while draining (health polls).
+const DRAIN_CONNECTIONS: usize = 64;
 
 /// A plain or TLS connection.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -200,8 +275,9 @@ async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
 }
 
 /// Serves the admin listener: health, metrics and `/admin/...` only, plain HTTP, until
-/// `shutdown`; then drains like the main listener.
-async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// `closed` (the main listener's drain is over, so `/readyz` answers 503 here
+/// throughout it); then drains its own connections.
+async fn serve_admin(app: Arc<App>, listener: TcpListener, mut closed: watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let cfg = app.config.server.clone();
     let builder = Arc::new(builder(&cfg));
@@ -216,7 +292,7 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = closed.changed() => break,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
@@ -232,6 +308,7 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut shutdown: watch::
                 peer,
                 activity: &activity,
                 admin_only: true,
+                draining: false,
                 slot: None,
                 body_limits,
             };
@@ -257,6 +334,8 @@ struct Conn<'a> {
     activity: &'a Arc<idle::Activity>,
     /// Answer health, metrics and the admin API, 404 to the rest.
     admin_only: bool,
+    /// Accepted after the stop began: health and metrics are answered, the rest 503.
+    draining: bool,
     /// Set on plain TCP with `server.sendfile`: HTTP/1 blob bodies use sendfile(2).
     slot: Option<Arc<sendfile::Slot>>,
     /// How slow a request body may be.
@@ -284,6 +363,7 @@ async fn serve_connection<I>(
     let Conn {
         peer,
         admin_only,
+        draining,
         slot,
         body_limits,
         ..
@@ -300,9 +380,17 @@ async fn serve_connection<I>(
         // Every handler reads its body through the body clocks.
         let req = req.map(|b| body::TimedBody::new(b, body_limits));
         async move {
-            let response = match admin_only {
-                true => app.handle_admin(req, peer).await,
-                false => sendfile::scope(slot, app.handle(req, peer)).await,
+            let health = matches!(
+                router::parse(req.uri().path()),
+                router::Route::Healthz
+                    | router::Route::Readyz
+                    | router::Route::Health
+                    | router::Route::Metrics
+            );
+            let response = match (admin_only, draining && !health) {
+                (_, true) => shutting_down(req.method() == http::Method::HEAD),
+                (true, false) => app.handle_admin(req, peer).await,
+                (false, false) => sendfile::scope(slot, app.handle(req, peer)).await,
             };
             // The request stays in flight until its response body has been sent.
             Ok::<_, std::convert::Infallible>(
@@ -314,6 +402,16 @@ async fn serve_connection<I>(
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
     }
+}
+
+/// 503 for a request that arrives while the server drains.
+fn shutting_down(head: bool) -> hyper::Response<body::Body> {
+    let e = crate::error::Error::client(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        crate::oci::ErrorCode::Unknown,
+        "the server is shutting down; retry on another instance",
+    );
+    body::error_response(&e, head)
 }
 
 /// Removes abandoned upload sessions every `upload_purge_interval`.
@@ -354,16 +452,24 @@ impl Running {
         let listener = TcpListener::bind(app.config.server.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
-        let admin_addr = match app.config.server.admin_listen {
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let admin = match app.config.server.admin_listen {
             Some(a) => {
                 let l = TcpListener::bind(a).await?;
                 let bound = l.local_addr()?;
-                tokio::spawn(serve_admin(app.clone(), l, rx.clone()));
-                Some(bound)
+                Some((tokio::spawn(serve_admin(app.clone(), l, closed_rx)), bound))
             }
             None => None,
         };
-        let task = tokio::spawn(serve(app.clone(), listener, tls.clone(), rx));
+        let admin_addr = admin.as_ref().map(|(_, a)| *a);
+        let main = serve(app.clone(), listener, tls.clone(), rx);
+        let task = tokio::spawn(async move {
+            main.await;
+            let _ = closed_tx.send(true);
+            if let Some((admin, _)) = admin {
+                let _ = admin.await;
+            }
+        });
         Ok(Running {
             admin_addr,
             addr,

@@ -28,6 +28,23 @@ pub enum Route<'a> {
     NotFound,
 }
 
+/// Every value [`Route::label`] returns (the `route` label of the request metrics).
+pub const LABELS: &[&str] = &[
+    "base",
+    "catalog",
+    "search",
+    "tags",
+    "manifest",
+    "blob",
+    "upload",
+    "referrers",
+    "health",
+    "metrics",
+    "token",
+    "admin",
+    "not_found",
+];
+
 impl Route<'_> {
     /// A stable label for logs and metrics.
     pub fn label(&self) -> &'static str {
@@ -112,6 +129,39 @@ mod tests {
 
     fn check(path: &str, expected: Route<'_>) {
         assert_eq!(parse(path), expected, "{path}");
+    }
+
+    #[test]
+    fn labels_lists_every_label() {
+        let paths = [
+            "/v2/",
+            "/v2/_catalog",
+            "/v2/_search",
+            "/v2/a/tags/list",
+            "/v2/a/manifests/v1",
+            "/v2/a/blobs/sha256:1",
+            "/v2/a/blobs/uploads/",
+            "/v2/a/referrers/sha256:1",
+            "/healthz",
+            "/metrics",
+            "/token",
+            "/admin/x",
+            "/nope",
+        ];
+        let mut seen: Vec<&str> = paths.iter().map(|p| parse(p).label()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut all = LABELS.to_vec();
+        all.sort_unstable();
+        assert_eq!(seen, all);
+        for r in [
+            Route::Readyz,
+            Route::Health,
+            Route::Upload("a", "b"),
+            Route::NotFound,
+        ] {
+            assert!(LABELS.contains(&r.label()), "{r:?}");
+        }
     }
 
     #[test]

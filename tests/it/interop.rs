@@ -306,6 +306,43 @@ fn skopeo_delete_by_digest_removes_the_manifest() {
     assert_eq!(image::sha256_digest(&raw), kept.manifest_digest);
 }
 
+/// An air-gapped site: the default upstream does not answer (a closed port). A push to a
+/// new plain name, whose blob existence checks go to that upstream, still succeeds and
+/// pulls back byte for byte; proxied reads of other plain names still fail with 502.
+#[test]
+fn skopeo_pushes_a_new_plain_name_with_no_upstream_reachable() {
+    if !tools::require("skopeo") {
+        return;
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let server = TestServer::start_with(|cfg| {
+        let up = crate::support::server::default_upstream(cfg, &dead);
+        up.connect_timeout = std::time::Duration::from_secs(1);
+    });
+    let host = server.host();
+    let work = temp();
+    let src = work.path().join("src");
+    let info = image::single_image(&src, "v1", 111, &[4096, 120_000]);
+    let reference = format!("{host}/airgap/app:v1");
+    push(&src, "v1", &reference, &[]);
+
+    let out = work.path().join("out");
+    pull(&reference, &format!("oci:{}:v1", out.display()), &[]);
+    assert_layout_copy(&src, &info, &out, "v1");
+    // Names with nothing hosted still go to the (unreachable) upstream.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let http = crate::support::http::Http::new(&host);
+    let r = rt.block_on(http.get("/v2/other/app/manifests/v1"));
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    let blob = image::sha256_digest(b"in no registry");
+    let r = rt.block_on(http.get(&format!("/v2/other/app/blobs/{blob}")));
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    let r = rt.block_on(http.head(&format!("/v2/other/app/blobs/{blob}")));
+    assert_eq!(r.status, 404);
+}
+
 #[test]
 fn podman_pulls_and_pushes_to_another_repository() {
     if !tools::require("skopeo") || !tools::require("podman") {

@@ -1,5 +1,5 @@
 //! The real `agent-registry` binary under operational stress: SIGTERM drains an
-//! in-flight download and exits 0, slowloris clients are cut by `header_read_timeout`,
+//! in-flight download (`/readyz` 503 meanwhile) and exits 0, slowloris clients are cut by `header_read_timeout`,
 //! idle sockets cannot hold `max_connections` forever, and the systemd notify protocol
 //! (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) reaches `$NOTIFY_SOCKET`.
 
@@ -181,9 +181,27 @@ fn closed_after(s: &mut TcpStream, limit: Duration) -> Option<usize> {
     None
 }
 
+/// The address after `marker` ("listening on http://") in the log.
+fn logged_addr(log: &str, marker: &str) -> Option<String> {
+    let rest = &log[log.find(marker)? + marker.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
 #[test]
-fn sigterm_drains_a_slow_download_refuses_new_connections_and_exits_zero() {
-    let mut server = Proc::start("drain_timeout = \"30s\"", &[], true);
+fn sigterm_drains_a_slow_download_while_readyz_answers_503_and_exits_zero() {
+    let mut server = Proc::start(
+        "drain_timeout = \"30s\"\nadmin_listen = \"127.0.0.1:0\"",
+        &[],
+        true,
+    );
+    let admin = logged_addr(
+        &server.log(),
+        "admin listener (health, metrics, /admin) on http://",
+    )
+    .expect("admin listener address in the log");
     let mut blob = vec![0u8; 32 << 20];
     for (i, chunk) in blob.chunks_mut(8).enumerate() {
         let v = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes();
@@ -193,6 +211,8 @@ fn sigterm_drains_a_slow_download_refuses_new_connections_and_exits_zero() {
     let path = format!("/v2/agents/x/blobs/uploads/?digest={digest}");
     let (status, _) = send_head(&server.addr, "POST", &path, &blob);
     assert_eq!(status, 201, "push: {}", server.log());
+    assert_eq!(try_get(&server.addr, "/readyz"), Some(200));
+    assert_eq!(try_get(&admin, "/readyz"), Some(200));
 
     let (status, mut download) = send_head(
         &server.addr,
@@ -214,12 +234,23 @@ fn sigterm_drains_a_slow_download_refuses_new_connections_and_exits_zero() {
     }
 
     server.sigterm();
-    // The listener closes promptly while the download is still running.
+    // While the download drains, a load balancer polling /readyz (main or admin
+    // listener) sees 503; liveness stays 200; new registry requests are refused with 503.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(&server.addr).is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+    while try_get(&server.addr, "/readyz") != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never answered 503: {}",
+            server.log()
+        );
         read_some(&mut download, &mut got);
     }
+    assert_eq!(try_get(&admin, "/readyz"), Some(503));
+    assert_eq!(try_get(&server.addr, "/healthz"), Some(200));
+    assert_eq!(
+        try_get(&server.addr, &format!("/v2/agents/x/blobs/{digest}")),
+        Some(503)
+    );
     assert!(got.len() < blob.len(), "download finished before the check");
     assert!(
         server.child.try_wait().expect("try_wait").is_none(),
@@ -236,6 +267,9 @@ fn sigterm_drains_a_slow_download_refuses_new_connections_and_exits_zero() {
     assert!(got == blob, "downloaded bytes differ");
     let status = server.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status:?}: {}", server.log());
+    // Once the drain is over, both listeners are closed.
+    assert!(TcpStream::connect(&server.addr).is_err());
+    assert!(TcpStream::connect(&admin).is_err());
 }
 
 #[test]

@@ -179,3 +179,17 @@ async fn credentials_never_reach_logs_or_config_show() {
         "{shown}"
     );
 }
+
+/// Logs written to a file or journald (not a terminal) carry no colour codes.
+#[test]
+fn logs_off_a_terminal_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (proc_, _addr) = start(dir.path(), "", "text");
+    let log = proc_.log();
+    drop(proc_);
+    assert!(log.contains("INFO"), "the log was written: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a log file: {log:?}"
+    );
+}

@@ -15,6 +15,7 @@ mod garbage;
 mod gc;
 mod interop;
 mod interop_auth;
+mod interop_docker;
 mod lifecycle;
 mod limits;
 mod logs;

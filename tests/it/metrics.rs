@@ -289,8 +289,8 @@ fn cli_prints_one_metric_family() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("agent_registry_nope"));
 }
 
-/// Every metric name declared in src/metrics.rs is in README's metrics table, and the
-/// table lists nothing else.
+/// Every metric name declared in src/metrics.rs is in README's metrics table with its
+/// type, labels and description, and the table lists nothing else.
 #[test]
 fn tidy_every_metric_is_documented() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -342,7 +342,40 @@ fn tidy_every_metric_is_documented() {
             .map(|c| c.split('`').skip(1).step_by(2).collect())
             .unwrap_or_default();
         assert_eq!(labels, d.labels, "{row}");
+        // The meaning column is the help text /metrics serves (code marks and case
+        // aside): one description, not two that drift apart.
+        let meaning = normalize(cols.get(4).copied().unwrap_or(""));
+        let help = normalize(d.help);
+        assert_eq!(
+            meaning, help,
+            "README's meaning of {} differs from its help text in src/metrics.rs",
+            d.name
+        );
     }
+    // A closed label set written out in the README is the code's set.
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `agent_registry_requests_total` |"))
+        .expect("requests_total row");
+    let listed = row
+        .split("`route` is one of ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("the route list in {row}"));
+    let mut listed: Vec<&str> = listed.split(", ").map(str::trim).collect();
+    listed.sort_unstable();
+    let mut routes = agent_registry::server::router::LABELS.to_vec();
+    routes.sort_unstable();
+    assert_eq!(listed, routes, "README's route label values");
+}
+
+/// Lowercase, markdown code marks removed, whitespace collapsed.
+fn normalize(s: &str) -> String {
+    s.replace('`', "")
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[tokio::test]

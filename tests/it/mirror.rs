@@ -1,6 +1,7 @@
 //! The pull-through mirror against a real upstream (Debian's docker-registry, CNCF
 //! distribution) with real clients: skopeo (direct, path prefix, registries.conf mirror),
-//! podman (registries.conf mirror) and containerd (`hosts.toml`, which sends `?ns=`).
+//! podman (registries.conf mirror) and containerd (`hosts.toml`, which sends `?ns=`, also
+//! with `override_path = true` and the path prefix).
 
 use crate::support::distribution::Distribution;
 use crate::support::http::Http;
@@ -202,6 +203,33 @@ fn podman_and_containerd_pull_through_their_mirror_configs() {
     );
     let out = tools::run(c.ctr().args(["images", "ls", "-q"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("docker.io/library/agent:v1"));
+
+    // The README's `override_path = true` form: containerd sends the path prefix and
+    // `?ns=docker.io` together (`/v2/docker.io/library/other/...?ns=docker.io`).
+    let other = image::single_image(&layout, "other", 22, &[50_000]);
+    seed(&dist, &layout, "other", "library/other:v1", false);
+    let certs = work.path().join("override.d").join("docker.io");
+    std::fs::create_dir_all(&certs).expect("certs.d");
+    std::fs::write(
+        certs.join("hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n[host.\"http://{}/v2/docker.io\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
+            srv.host()
+        ),
+    )
+    .expect("hosts.toml");
+    tools::run(
+        c.ctr()
+            .args(["images", "pull", "--hosts-dir"])
+            .arg(work.path().join("override.d"))
+            .arg("docker.io/library/other:v1"),
+    );
+    let out = tools::run(c.ctr().args(["images", "ls"]));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("docker.io/library/other:v1") && listed.contains(&other.manifest_digest),
+        "{listed}"
+    );
     // Both clients' layer fetches were served from one upstream fetch.
     for digest in layer_digests(&app) {
         assert_eq!(

@@ -1,4 +1,4 @@
-//! External interop tools: finding them, running them with a timeout, and private containerd / podman instances that clean up after themselves.
+//! External interop tools: finding them, running them with a timeout, and private containerd / dockerd / podman instances that clean up after themselves.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -329,6 +329,120 @@ impl Drop for Containerd {
         kill_group(pgid, "KILL");
         unmount_under(self.dir.path());
         // TempDir removes the directory when the field drops.
+    }
+}
+
+/// A private Docker Engine (Debian's `dockerd`: vfs storage, no bridge, no iptables)
+/// with its own data root, exec root, pidfile, socket and client config in a tempdir;
+/// `daemon.json` names the registry mirror and insecure registry, fixed at start.
+/// Stopped and cleaned up on drop.
+pub struct Dockerd {
+    child: Child,
+    sock: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Dockerd {
+    /// Starts the daemon with `mirror` (host:port, plain HTTP) as its `registry-mirrors`
+    /// entry and insecure registry; waits (up to 30 s) until `docker version` answers.
+    pub fn start(mirror: &str) -> Dockerd {
+        // Short: the socket path must fit in sun_path (108 bytes).
+        let dir = tempfile::Builder::new()
+            .prefix("it-dk-")
+            .tempdir_in("/tmp")
+            .expect("dockerd tempdir");
+        let t = dir.path();
+        let config = format!(
+            r#"{{"registry-mirrors": ["http://{mirror}"], "insecure-registries": ["{mirror}"],
+ "iptables": false, "ip6tables": false, "bridge": "none", "storage-driver": "vfs"}}"#
+        );
+        std::fs::write(t.join("daemon.json"), config).expect("write daemon.json");
+        std::fs::create_dir_all(t.join("client")).expect("client config dir");
+        let log = std::fs::File::create(t.join("log")).expect("dockerd log");
+        // setsid: its own process group (with the containerd it starts), killed on drop.
+        let child = command("setsid")
+            .arg(which("dockerd").expect("dockerd not installed"))
+            .arg("--config-file")
+            .arg(t.join("daemon.json"))
+            .arg("--data-root")
+            .arg(t.join("root"))
+            .arg("--exec-root")
+            .arg(t.join("exec"))
+            .arg("--pidfile")
+            .arg(t.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", t.join("sock").display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let sock = t.join("sock");
+        let mut daemon = Dockerd { child, sock, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = daemon.child.try_wait().expect("poll dockerd") {
+                panic!("dockerd exited with {status}:\n{}", daemon.log());
+            }
+            if daemon.sock.exists() && output(daemon.docker().arg("version")).status.success() {
+                return daemon;
+            }
+            if Instant::now() >= deadline {
+                panic!("dockerd not ready after 30 s:\n{}", daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `docker -H unix://<private socket>` with a private client config (logins).
+    pub fn docker(&self) -> Command {
+        let mut cmd = command("docker");
+        cmd.env("DOCKER_CONFIG", self.dir.path().join("client"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()));
+        cmd
+    }
+
+    /// `docker login REGISTRY -u USER --password-stdin`.
+    pub fn login(&self, registry: &str, user: &str, password: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .docker()
+            .args(["login", registry, "-u", user, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start docker login");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(password.as_bytes())
+                .expect("password to docker login");
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while child.try_wait().expect("poll docker login").is_none() {
+            assert!(Instant::now() < deadline, "docker login timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("docker login output")
+    }
+
+    /// The daemon's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let pgid = self.child.id();
+        kill_group(pgid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if wait_until(&mut self.child, deadline).is_none() {
+            let _ = self.child.wait();
+        }
+        kill_group(pgid, "KILL");
+        unmount_under(self.dir.path());
     }
 }
 

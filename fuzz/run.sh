@@ -48,7 +48,7 @@ run_one() {
       "$(grep -oE 'cov: [0-9]+' "$log" | tail -1)"
   else
     echo "FAILED  $t (log: $log)"
-    tail -n 40 "$log"
+    grep -m1 -A3 -E 'panicked at|ERROR: libFuzzer' "$log" || tail -n 40 "$log"
     grep -hE 'Test unit written to|^artifact_prefix' "$log" | sed 's/^/reproducer: /' || true
     return 1
   fi

@@ -1,6 +1,7 @@
 //! `oci::manifest::parse` on any body, under each Content-Type the registry sees.
-//! Properties: the stored media type is the Content-Type when one is sent, an image
-//! manifest always references its config blob, and every digest it reports re-parses.
+//! Properties: only a JSON object is accepted, the stored media type is non-empty and is
+//! the Content-Type when one is sent, an image manifest always references its config
+//! blob, and every digest it reports re-parses.
 #![no_main]
 
 use agent_registry::oci::manifest::{self, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
@@ -29,6 +30,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(info.media_type, ct);
     }
     assert!(!info.media_type.is_empty());
+    let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body);
+    assert!(
+        object.is_ok(),
+        "accepted a manifest that is not a JSON object"
+    );
     if info.media_type == OCI_MANIFEST || info.media_type == DOCKER_MANIFEST {
         assert!(
             !info.blobs.is_empty(),

@@ -166,7 +166,8 @@ impl Keys {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(JwtError::Malformed)?;
-        if claims.exp + LEEWAY <= now {
+        // Saturating: a signed `exp` near u64::MAX means "never", not an overflow.
+        if claims.exp.saturating_add(LEEWAY) <= now {
             return Err(JwtError::Expired);
         }
         if claims.nbf > now + LEEWAY {
@@ -250,6 +251,17 @@ mod tests {
             keys.verify(&keys.sign(&c), "svc", now),
             Err(JwtError::NotYetValid)
         );
+    }
+
+    /// Found by the `jwt` fuzz target: `exp + LEEWAY` overflowed (a panic with overflow
+    /// checks) on a signed token whose `exp` is within 30 s of u64::MAX.
+    #[test]
+    fn expiry_at_the_end_of_time_does_not_overflow() {
+        let keys = Keys::from_bytes(&[7; 32]);
+        let now = 1_000_000;
+        let mut c = claims(now);
+        c.exp = u64::MAX;
+        assert_eq!(keys.verify(&keys.sign(&c), "svc", now), Ok(c));
     }
 
     #[test]

@@ -82,6 +82,10 @@ fn digest_of(d: &Descriptor, field: &str) -> Result<Digest, ManifestError> {
 
 /// Parses a manifest body. `content_type` is the request's Content-Type (may be empty).
 pub fn parse(body: &[u8], content_type: &str) -> Result<ManifestInfo, ManifestError> {
+    // serde reads a struct from a JSON array too (`[2, "..."]`); a manifest is an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ManifestError("manifest is not a JSON object".into()));
+    }
     let raw: Raw = serde_json::from_slice(body)
         .map_err(|e| ManifestError(format!("manifest is not valid JSON: {e}")))?;
     let ct = content_type.split(';').next().unwrap_or("").trim();
@@ -92,8 +96,8 @@ pub fn parse(body: &[u8], content_type: &str) -> Result<ManifestInfo, ManifestEr
             )))
         }
         (_, c) if !c.is_empty() => c.to_string(),
-        (Some(m), _) => m.clone(),
-        (None, _) => {
+        (Some(m), _) if !m.is_empty() => m.clone(),
+        _ => {
             return Err(ManifestError(
                 "manifest has neither a Content-Type nor a mediaType".into(),
             ))
@@ -191,6 +195,11 @@ mod tests {
             r#"{{"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"x","digest":"sha256:zz","size":1}}]}}"#
         );
         assert!(parse(bad.as_bytes(), OCI_INDEX).is_err());
+        // Found by the `manifest` fuzz target: a JSON array read as the struct's fields,
+        // and an empty mediaType, were stored with an empty media type.
+        assert!(parse(b"[2,\"\"]", "").is_err());
+        assert!(parse(b" [2,\"x\"]", "").is_err());
+        assert!(parse(b"{\"mediaType\":\"\"}", "").is_err());
         // Any artifact type is accepted as long as it is JSON.
         let art = parse(b"{\"hello\":1}", "application/vnd.example+json").unwrap();
         assert!(art.blobs.is_empty());

@@ -50,8 +50,10 @@ fn range_error(msg: String) -> Error {
 }
 
 /// The first and last byte a chunk claims with `Content-Range: <start>-<end>`, checked
-/// against its `Content-Length` (storage checks the body itself).
-fn chunk_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
+/// against its `Content-Length` (storage checks the body itself). Public for the fuzz
+/// targets only (`fuzz/`).
+#[doc(hidden)]
+pub fn chunk_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     let Some(v) = h.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };

@@ -583,6 +583,30 @@ async fn a_cancelled_upload_does_not_shadow_the_upstream() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
+/// A bearer JWT for `user` over every repository of the matrix (and the catalog), as
+/// renewed by presenting the first one at `/token`.
+async fn renewed_jwt(http: &Http, user: &str) -> String {
+    let mut path = "/token?service=agent-registry&scope=registry:catalog:*".to_string();
+    for name in [
+        "agents/pub",
+        "agents/priv",
+        "plainpriv",
+        "up",
+        "docker.io/library/up",
+        "library/up",
+    ] {
+        path.push_str(&format!("&scope=repository:{name}:pull,push,delete"));
+    }
+    let mut auth = basic(user);
+    for _ in 0..2 {
+        let r = req(http, &auth, Method::GET, &path, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "token: {:?}", r.body);
+        let token = r.json()["token"].as_str().expect("token").to_string();
+        auth = format!("Bearer {token}");
+    }
+    auth
+}
+
 /// A repository kind of the matrix.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
@@ -644,13 +668,16 @@ struct Rules {
 impl Rules {
     fn refusal(who: &str) -> u16 {
         match who {
-            "anonymous" | "revoked" => 401,
+            // A bearer JWT is refused with a challenge for the scope it lacks.
+            "anonymous" | "revoked" | "renewed" => 401,
             _ => 403,
         }
     }
 
     /// Whether `who` gets past the access check.
     fn may(&self, who: &str, kind: Kind, pull: bool) -> bool {
+        // The writer's JWT, renewed, is worth exactly the writer on its scopes.
+        let who = if who == "renewed" { "writer" } else { who };
         match (who, kind) {
             ("revoked", _) => false,
             ("admin", _) => true,
@@ -719,13 +746,22 @@ async fn matrix(open: bool) {
         .expect("token");
     assert!(srv.app.auth.store.revoke_token(&info.id).expect("revoke"));
     let revoked = format!("Bearer {token}");
+    let renewed = renewed_jwt(&http, "writer").await;
     let who_auth = |who: &str| -> String {
         match who {
             "revoked" => revoked.clone(),
+            "renewed" => renewed.clone(),
             w => w.to_string(),
         }
     };
-    let identities = ["anonymous", "reader", "writer", "admin", "revoked"];
+    let identities = [
+        "anonymous",
+        "reader",
+        "writer",
+        "admin",
+        "revoked",
+        "renewed",
+    ];
     let failures = std::cell::RefCell::new(Vec::new());
     let check = |what: String, got: &Resp, want: u16| {
         if got.status.as_u16() != want {
@@ -785,7 +821,7 @@ async fn matrix(open: bool) {
     for who in identities {
         let want: Vec<&str> = match who {
             "admin" => vec!["agents/priv", "agents/pub", "plainpriv"],
-            "writer" => vec!["agents/priv", "agents/pub"],
+            "writer" | "renewed" => vec!["agents/priv", "agents/pub"],
             "reader" => vec!["agents/pub"],
             "anonymous" if open => vec!["agents/pub"],
             _ => vec![],
@@ -836,6 +872,7 @@ async fn matrix(open: bool) {
             "revoked" => (401, 401, 401),
             "anonymous" => (401, 200, 401),
             "admin" => (200, 200, 200),
+            "renewed" => (200, 200, 401),
             _ => (200, 200, 403),
         };
         let r = req(&http, &a, Method::GET, "/v2/", &[]).await;
@@ -962,10 +999,20 @@ async fn matrix(open: bool) {
     }
 
     // Deletes last: refusals first, then the allowed ones.
-    for who in ["anonymous", "reader", "revoked", "writer", "admin"] {
+    for who in [
+        "anonymous",
+        "reader",
+        "revoked",
+        "renewed",
+        "writer",
+        "admin",
+    ] {
         for kind in Kind::ALL {
             if who == "admin" && kind == Kind::Plain {
                 continue;
+            }
+            if who == "renewed" && rules.may(who, kind, false) {
+                continue; // allowed deletes are the writer's, below
             }
             let (name, q, extra) = kind.route();
             let (m, l) = &images[&kind];

@@ -707,7 +707,8 @@ async fn without_users_the_mirror_is_pull_only_and_v2_stays_open() {
         .is_some_and(|c| c.contains("scope=\"repository:agents/x:pull,push\"")));
 }
 
-fn agent(
+/// Runs the `agent` CLI against `srv` with its credentials kept in `cfg_dir`.
+pub fn agent(
     srv: &TestServer,
     cfg_dir: &std::path::Path,
     args: &[&str],

@@ -69,27 +69,10 @@ fn agent_login_never_writes_through_a_planted_temp_file() {
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "untouched").expect("victim");
     std::os::unix::fs::symlink(&victim, dir.path().join("auth.json.tmp")).expect("symlink");
-    let login = |password: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
-            .args(["login", "-u", "admin", "--password-stdin"])
-            .env("AGENT_REGISTRY_URL", srv.url(""))
-            .env("AGENT_CONFIG_DIR", dir.path())
-            .env_remove("AGENT_REGISTRY_TOKEN")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("agent");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{password}\n").as_bytes())
-            .expect("stdin");
-        child.wait_with_output().expect("agent")
-    };
-    let o = login(crate::auth::PASSWORD);
+    let args = ["login", "-u", "admin", "--password-stdin"];
+    let stdin = format!("{}\n", crate::auth::PASSWORD);
+    let login = || crate::auth::agent(&srv, dir.path(), &args, Some(&stdin));
+    let o = login();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         std::fs::read_to_string(&victim).expect("victim"),
@@ -100,7 +83,7 @@ fn agent_login_never_writes_through_a_planted_temp_file() {
     assert!(meta.file_type().is_file(), "auth.json is not a plain file");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     // A second login replaces the file the same way, and no temp file is left behind.
-    let o = login(crate::auth::PASSWORD);
+    let o = login();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .expect("dir")

@@ -48,6 +48,15 @@ impl Error {
         Error::client(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 507: the registry's disk is full. The client may retry once space is freed.
+    pub fn insufficient_storage(cause: &dyn std::fmt::Display) -> Error {
+        Error::client(
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::Unknown,
+            format!("insufficient storage space: {cause}"),
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Client { status, .. } => *status,
@@ -60,7 +69,10 @@ impl Error {
 
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
-        Error::Internal(e.to_string())
+        match e.is_out_of_space() {
+            true => Error::insufficient_storage(&e),
+            false => Error::Internal(e.to_string()),
+        }
     }
 }
 
@@ -72,7 +84,10 @@ impl From<MetaError> for Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Internal(format!("storage i/o: {e}"))
+        match crate::storage::is_out_of_space(&e) {
+            true => Error::insufficient_storage(&e),
+            false => Error::Internal(format!("storage i/o: {e}")),
+        }
     }
 }
 

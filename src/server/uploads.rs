@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::blobs::parse_digest;
 use crate::server::body::{data_stream, hv, status, Body, ReqBody, DOCKER_CONTENT_DIGEST};
+use crate::storage::uploads::UploadError;
 use crate::storage::Ingest;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -146,7 +147,11 @@ pub async fn patch(
     let offset = app
         .storage
         .upload_append(name.as_str(), id, range, body)
-        .await?;
+        .await;
+    let offset = match offset {
+        Ok(o) => o,
+        Err(e) => return Err(abandon_when_full(app, name, id, e).await),
+    };
     let mut r = status(StatusCode::ACCEPTED);
     progress(&mut r, name, id, offset);
     Ok(r)
@@ -168,10 +173,25 @@ pub async fn finish(
     let digest = parse_digest(d)?;
     let range = chunk_range(req.headers())?;
     let body = data_stream(req.into_body());
-    app.storage
+    let done = app
+        .storage
         .upload_finish(name.as_str(), id, &digest, range, body)
-        .await?;
+        .await;
+    if let Err(e) = done {
+        return Err(abandon_when_full(app, name, id, e).await);
+    }
     Ok(created(name, &digest.to_string()))
+}
+
+/// An upload whose data no longer fits on the disk is cancelled at once: its partial data
+/// is freed for the pushes that fit, and the client gets 507 (it starts over later).
+async fn abandon_when_full(app: &Arc<App>, name: &RepoName, id: Uuid, e: UploadError) -> Error {
+    if e.is_out_of_space() {
+        if let Err(c) = app.storage.upload_abandon(name.as_str(), id).await {
+            tracing::warn!(repo = name.as_str(), upload = %id, error = %c, "could not free an upload on a full disk");
+        }
+    }
+    e.into()
 }
 
 pub async fn cancel(app: &Arc<App>, name: &RepoName, id: Uuid) -> Result<Response<Body>> {

@@ -29,6 +29,20 @@ pub enum StorageError {
     Meta(#[from] MetaError),
 }
 
+/// Whether `e` means the disk (or the owner's quota) is full: ENOSPC, EDQUOT.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
+}
+
+impl StorageError {
+    /// The write failed because the disk is full (not the store's fault, nor the client's).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StorageError::Io(e) if is_out_of_space(e))
+    }
+}
+
 pub struct Storage {
     pub blobs: FsBlobs,
     pub meta: Meta,
@@ -134,6 +148,12 @@ pub enum IngestError {
     Body(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl IngestError {
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, IngestError::Storage(s) if s.is_out_of_space())
+    }
 }
 
 impl From<io::Error> for IngestError {

@@ -42,6 +42,13 @@ pub enum UploadError {
     Ingest(#[from] IngestError),
 }
 
+impl UploadError {
+    /// The upload's data did not fit on the disk.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, UploadError::Ingest(i) if i.is_out_of_space())
+    }
+}
+
 impl Uploads {
     fn slot(&self, id: Uuid) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -238,6 +245,21 @@ impl Storage {
         let slot = self.uploads.slot(id);
         let _slot = slot.lock().await;
         self.session(repo, id).await?;
+        self.upload_cancel_locked(id).await
+    }
+
+    /// Ends a session whose data no longer fits on a full disk: the data file goes
+    /// first (SQLite itself needs room to delete the row), then the row. Should the row
+    /// stay, the session only reports an offset whose bytes are gone; its digest check
+    /// refuses anything finished on top of them.
+    pub async fn upload_abandon(&self, repo: &str, id: Uuid) -> Result<(), UploadError> {
+        let slot = self.uploads.slot(id);
+        let _slot = slot.lock().await;
+        self.session(repo, id).await?;
+        self.blobs
+            .remove_upload(&id)
+            .await
+            .map_err(IngestError::from)?;
         self.upload_cancel_locked(id).await
     }
 

@@ -365,7 +365,7 @@ async fn admin_endpoints_stats_purge_and_gc() {
 }
 
 /// A tmpfs of `size` at `dir` (root only); None with a message when not root.
-fn tmpfs(dir: &Path, size: &str) -> Option<()> {
+pub fn tmpfs(dir: &Path, size: &str) -> Option<()> {
     let uid = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -388,7 +388,7 @@ fn tmpfs(dir: &Path, size: &str) -> Option<()> {
     Some(())
 }
 
-struct Unmount(std::path::PathBuf);
+pub struct Unmount(pub std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {

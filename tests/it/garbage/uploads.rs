@@ -484,3 +484,71 @@ async fn chunked_transfer_chunks_must_fill_their_content_range_exactly() {
     assert_eq!(r.body.as_ref(), blob.as_slice());
     assert_store_consistent(srv.data_dir()).await;
 }
+
+/// Files under `dir` (recursively), for "nothing left behind".
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type().map(|t| t.is_dir()) {
+                Ok(true) => stack.push(e.path()),
+                _ => out.push(e.path()),
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_onto_a_full_disk_answers_507_and_keeps_no_upload_data() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mnt = root.path().join("small");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    if crate::cache::tmpfs(&mnt, "6m").is_none() {
+        return;
+    }
+    let _unmount = crate::cache::Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let srv = TestServer::start_with({
+        let data = data.clone();
+        move |cfg| cfg.storage.data_dir = data
+    });
+    let http = Http::new(&srv.host());
+    let small = bytes(1000, 1);
+    http.push_blob(REPO, &small).await;
+    let full = |r: &Resp| {
+        r.status == StatusCode::INSUFFICIENT_STORAGE
+            && String::from_utf8_lossy(&r.body).contains("insufficient storage space")
+    };
+
+    // PATCH 64 KiB at a time until the disk is full. (Small chunks: the server answers
+    // as soon as a write fails, and a body it never read would reset the connection
+    // under the answer.)
+    let loc = start(&http, REPO).await;
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = bytes(CHUNK as usize, 2);
+    let mut last = None;
+    for i in 0..256u64 {
+        let range = format!("{}-{}", i * CHUNK, (i + 1) * CHUNK - 1);
+        let r = patch(&http, &loc, Some(&range), &chunk).await;
+        if r.status != StatusCode::ACCEPTED {
+            last = Some(r);
+            break;
+        }
+    }
+    let r = last.expect("6 MiB filled by 16 MiB of chunks");
+    assert!(full(&r), "{}", show(&r));
+    // The session and its data are gone at once.
+    let r = http.get(&loc).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", show(&r));
+    assert_eq!(
+        files_under(&data.join("uploads")),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // What fits is still pushed, and what was there is still served.
+    http.push_blob(REPO, &bytes(2000, 4)).await;
+    assert_still_served(&http, &[Known::blob(REPO, &small)]).await;
+    drop(srv);
+}

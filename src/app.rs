@@ -562,12 +562,12 @@ impl App {
             && client.is_loopback()
     }
 
-    /// How the rules see `name` for `action`. A plain name that a push could make
+    /// How the rules see `name`, whatever the action. A plain name that a push could make
     /// hosted is judged as hosted even while it is not: a pull of it from the upstream
     /// needs no grant (`Auth::allowed` lets it through as mirrored content), and a grant
     /// given or withheld for it (the token endpoint's) must not tell a private hosted
     /// repository from a name nobody pushed.
-    fn repo_kind(&self, name: &RepoName, _action: Action) -> RepoKind {
+    fn repo_kind(&self, name: &RepoName) -> RepoKind {
         let exists = self.storage.is_hosted(name.as_str());
         let mirror = self.mirror();
         match mirror.resolve(name, None, None) {
@@ -580,7 +580,7 @@ impl App {
     pub fn may_read(&self, id: &Identity, repo: &str) -> bool {
         match RepoName::parse(repo) {
             Ok(name) => {
-                let kind = self.repo_kind(&name, Action::Pull);
+                let kind = self.repo_kind(&name);
                 self.auth.allowed(id, repo, kind, Action::Pull)
             }
             Err(_) => false,
@@ -589,13 +589,11 @@ impl App {
 
     /// Of `wanted`, what `id` may do on `name` (the token endpoint's grants).
     pub fn grantable(&self, id: &Identity, name: &RepoName, wanted: &[Action]) -> Vec<Action> {
+        let kind = self.repo_kind(name);
         wanted
             .iter()
             .copied()
-            .filter(|a| {
-                self.auth
-                    .allowed(id, name.as_str(), self.repo_kind(name, *a), *a)
-            })
+            .filter(|a| self.auth.allowed(id, name.as_str(), kind, *a))
             .collect()
     }
 

@@ -100,52 +100,21 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let body_limits = body_limits(limits.config());
         let _ = stream.set_nodelay(true);
+        let accepted = Accepted {
+            peer,
+            tls: tls.as_ref().map(|t| t.acceptor()),
+            sendfile: cfg.sendfile,
+            admin_only: false,
+            draining: false,
+            body_limits: body_limits(limits.config()),
+            idle_timeout: cfg.keep_alive_timeout,
+            header_timeout: cfg.header_read_timeout,
+        };
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
-        let activity = idle::Activity::new();
-        let idle_timeout = cfg.keep_alive_timeout;
-        let header_timeout = cfg.header_read_timeout;
-        // The handshake runs in the connection's task: a slow client never stalls accept.
-        let acceptor = tls.as_ref().map(|t| t.acceptor());
-        let sendfile = cfg.sendfile;
         tokio::spawn(async move {
             let _permit = (permit, place);
-            let conn = async {
-                // The TLS handshake has its own timeout; idle tracking starts after it.
-                let (stream, slot) = match acceptor {
-                    None if sendfile => {
-                        let (io, slot) = sendfile::SendfileIo::new(stream);
-                        (Some(Box::new(io) as Box<dyn Io>), Some(slot))
-                    }
-                    None => (Some(Box::new(stream) as Box<dyn Io>), None),
-                    Some(acceptor) => (
-                        tls::handshake(acceptor, stream, peer)
-                            .await
-                            .map(|s| Box::new(s) as Box<dyn Io>),
-                        None,
-                    ),
-                };
-                if let Some(stream) = stream {
-                    activity.touch();
-                    let stream = idle::IdleIo::new(stream, activity.clone());
-                    let conn = Conn {
-                        peer,
-                        activity: &activity,
-                        admin_only: false,
-                        draining: false,
-                        slot,
-                        body_limits,
-                    };
-                    serve_connection(app, &builder, watcher, stream, conn).await;
-                }
-            };
-            tokio::select! {
-                _ = conn => {}
-                why = activity.expired(idle_timeout, Some(header_timeout)) => {
-                    tracing::debug!(client = %peer, reason = why, "connection closed");
-                }
-            }
+            serve_accepted(app, builder, watcher, stream, accepted).await;
         });
     }
     app.set_draining();
@@ -196,38 +165,21 @@ async fn accept_while_draining(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
+        let cfg = &app.config.server;
+        let accepted = Accepted {
+            peer,
+            tls: tls.map(|t| t.acceptor()),
+            sendfile: false,
+            admin_only: false,
+            draining: true,
+            body_limits: body_limits(app.limits().config()),
+            idle_timeout: cfg.keep_alive_timeout,
+            header_timeout: cfg.header_read_timeout,
+        };
         let (app, builder, watcher) = (app.clone(), builder.clone(), late.watcher());
-        let acceptor = tls.map(|t| t.acceptor());
-        let cfg = app.config.server.clone();
-        let body_limits = body_limits(app.limits().config());
         tokio::spawn(async move {
             let _permit = permit;
-            let activity = idle::Activity::new();
-            let conn = async {
-                let stream = match acceptor {
-                    None => Some(Box::new(stream) as Box<dyn Io>),
-                    Some(acceptor) => tls::handshake(acceptor, stream, peer)
-                        .await
-                        .map(|s| Box::new(s) as Box<dyn Io>),
-                };
-                if let Some(stream) = stream {
-                    activity.touch();
-                    let stream = idle::IdleIo::new(stream, activity.clone());
-                    let conn = Conn {
-                        peer,
-                        activity: &activity,
-                        admin_only: false,
-                        draining: true,
-                        slot: None,
-                        body_limits,
-                    };
-                    serve_connection(app, &builder, watcher, stream, conn).await;
-                }
-            };
-            tokio::select! {
-                _ = conn => {}
-                _ = activity.expired(cfg.keep_alive_timeout, Some(cfg.header_read_timeout)) => {}
-            }
+            serve_accepted(app, builder, watcher, stream, accepted).await;
         });
     }
     // Answers being written on late connections get a moment; they are small.
@@ -297,25 +249,20 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut closed: watch::Re
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };
+        let accepted = Accepted {
+            peer,
+            tls: None,
+            sendfile: false,
+            admin_only: true,
+            draining: false,
+            body_limits: body_limits(app.limits().config()),
+            idle_timeout: cfg.keep_alive_timeout,
+            header_timeout: cfg.header_read_timeout,
+        };
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
-        let activity = idle::Activity::new();
-        let (idle_timeout, header_timeout) = (cfg.keep_alive_timeout, cfg.header_read_timeout);
-        let body_limits = body_limits(app.limits().config());
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = idle::IdleIo::new(stream, activity.clone());
-            let conn = Conn {
-                peer,
-                activity: &activity,
-                admin_only: true,
-                draining: false,
-                slot: None,
-                body_limits,
-            };
-            tokio::select! {
-                _ = serve_connection(app, &builder, watcher, stream, conn) => {}
-                _ = activity.expired(idle_timeout, Some(header_timeout)) => {}
-            }
+            serve_accepted(app, builder, watcher, stream, accepted).await;
         });
     }
     drop(listener);
@@ -327,6 +274,66 @@ async fn serve_admin(app: Arc<App>, listener: TcpListener, mut closed: watch::Re
 
 /// Open connections the admin listener takes at most.
 const ADMIN_CONNECTIONS: usize = 256;
+
+/// How an accepted connection is served (the main listener, its drain, the admin one).
+struct Accepted {
+    peer: SocketAddr,
+    /// TLS: the handshake runs first, in the connection's task, with its own timeout.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Plain-HTTP/1 blob bodies by sendfile(2) (`server.sendfile`; never with TLS).
+    sendfile: bool,
+    admin_only: bool,
+    draining: bool,
+    body_limits: body::BodyLimits,
+    idle_timeout: Duration,
+    header_timeout: Duration,
+}
+
+/// Serves one accepted connection until it ends, or until it has been idle for the
+/// keep-alive timeout or slow with a request head for the header timeout.
+async fn serve_accepted(
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    stream: tokio::net::TcpStream,
+    a: Accepted,
+) {
+    let activity = idle::Activity::new();
+    let conn = async {
+        // Idle tracking starts after the handshake.
+        let (io, slot) = match a.tls {
+            None if a.sendfile => {
+                let (io, slot) = sendfile::SendfileIo::new(stream);
+                (Some(Box::new(io) as Box<dyn Io>), Some(slot))
+            }
+            None => (Some(Box::new(stream) as Box<dyn Io>), None),
+            Some(acceptor) => (
+                tls::handshake(acceptor, stream, a.peer)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Io>),
+                None,
+            ),
+        };
+        let Some(io) = io else { return };
+        activity.touch();
+        let io = idle::IdleIo::new(io, activity.clone());
+        let conn = Conn {
+            peer: a.peer,
+            activity: &activity,
+            admin_only: a.admin_only,
+            draining: a.draining,
+            slot,
+            body_limits: a.body_limits,
+        };
+        serve_connection(app, &builder, watcher, io, conn).await;
+    };
+    tokio::select! {
+        _ = conn => {}
+        why = activity.expired(a.idle_timeout, Some(a.header_timeout)) => {
+            tracing::debug!(client = %a.peer, reason = why, "connection closed");
+        }
+    }
+}
 
 /// What a connection's requests are served with.
 struct Conn<'a> {

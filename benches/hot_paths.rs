@@ -204,6 +204,7 @@ fn access_log(c: &mut Criterion) {
         bytes: Some(2500),
         duration_us: 40,
         cache: "hit",
+        outcome: "ok",
     };
     const BATCH: u64 = 8192;
     let mut g = c.benchmark_group("access_log");

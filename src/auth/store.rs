@@ -31,7 +31,8 @@ CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts_ms);
 CREATE TABLE IF NOT EXISTS access (
     id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, client TEXT NOT NULL, user TEXT NOT NULL,
     method TEXT NOT NULL, route TEXT NOT NULL, repo TEXT, status INTEGER NOT NULL,
-    bytes INTEGER, duration_us INTEGER NOT NULL, cache TEXT NOT NULL
+    bytes INTEGER, duration_us INTEGER NOT NULL, cache TEXT NOT NULL,
+    outcome TEXT NOT NULL DEFAULT 'ok'
 );
 CREATE TABLE IF NOT EXISTS pulls (repo TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -77,6 +78,18 @@ fn migrate_access_log(conn: &mut Connection) -> Result<()> {
              DELETE FROM log_meta WHERE key = 'access_rows';",
             seq = (1 << ID_SHIFT) - 1
         ))?;
+    }
+    // Logs from before outcomes were recorded: every row counts as sent whole.
+    let outcome: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('access') WHERE name = 'outcome')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !outcome {
+        tx.execute(
+            "ALTER TABLE access ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok'",
+            [],
+        )?;
     }
     let counted: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM log_meta WHERE key = 'access_rows')",
@@ -131,6 +144,9 @@ pub struct AccessRecord {
     pub bytes: Option<u64>,
     pub duration_us: u64,
     pub cache: String,
+    /// `ok` (the whole body was sent), `failed` (the body broke off with an error) or
+    /// `aborted` (the client left before the end); `status` and `bytes` are what was sent.
+    pub outcome: String,
 }
 
 /// One request as the request path queues it for the access log: besides the
@@ -148,6 +164,8 @@ pub struct AccessEntry {
     pub bytes: Option<u64>,
     pub duration_us: u64,
     pub cache: &'static str,
+    /// `ok`, `failed` or `aborted`: see [`AccessRecord::outcome`].
+    pub outcome: &'static str,
 }
 
 #[cfg(test)]
@@ -165,6 +183,7 @@ impl AccessEntry {
             bytes: Some(1),
             duration_us: 5,
             cache: "hit",
+            outcome: "ok",
         }
     }
 }
@@ -465,14 +484,14 @@ impl Store {
             .query_row([], |r| r.get(0))?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO access (id, ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO access (id, ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             let mut pulls: std::collections::HashMap<&str, i64> = Default::default();
             for a in access {
                 last = next_access_id(last, a.ts_ms);
-                if let (Some(repo), "manifest", &http::Method::GET, 200) =
-                    (&a.repo, a.route, &a.method, a.status)
+                if let (Some(repo), "manifest", &http::Method::GET, 200, "ok") =
+                    (&a.repo, a.route, &a.method, a.status, a.outcome)
                 {
                     *pulls.entry(repo).or_default() += 1;
                 }
@@ -487,7 +506,8 @@ impl Store {
                     a.status,
                     a.bytes.map(|b| b as i64),
                     a.duration_us as i64,
-                    a.cache
+                    a.cache,
+                    a.outcome
                 ])?;
             }
             let mut st = tx.prepare_cached(
@@ -527,7 +547,7 @@ impl Store {
     ) -> Result<Vec<AccessRecord>> {
         let conn = self.reader();
         let mut st = conn.prepare_cached(
-            "SELECT ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache FROM access
+            "SELECT ts_ms, client, user, method, route, repo, status, bytes, duration_us, cache, outcome FROM access
              WHERE id >= ?4 AND ts_ms >= ?1 AND (?2 IS NULL OR user = ?2) ORDER BY id DESC LIMIT ?3",
         )?;
         let first = first_access_id(since_ms);
@@ -543,6 +563,7 @@ impl Store {
                 bytes: r.get::<_, Option<i64>>(7)?.map(|b| b as u64),
                 duration_us: r.get::<_, i64>(8)? as u64,
                 cache: r.get(9)?,
+                outcome: r.get(10)?,
             })
         })?;
         let mut out: Vec<AccessRecord> = rows.collect::<std::result::Result<_, _>>()?;
@@ -797,7 +818,18 @@ mod tests {
         s.append(&[AccessEntry::sample(40)], &[]).unwrap();
         assert_eq!(s.access_log(None, 0, 1).unwrap()[0].ts_ms, 40);
         assert_eq!(s.pulls("a").unwrap(), 3);
-        assert_eq!(s.prune_access(0, 2).unwrap(), 3);
+        // Rows from before outcomes read as sent whole; a pull whose body broke off is
+        // recorded as such and is not counted as a pull.
+        let log = s.access_log(None, 0, 100).unwrap();
+        assert!(log.iter().all(|r| r.outcome == "ok"), "{log:?}");
+        let failed = AccessEntry {
+            outcome: "failed",
+            ..AccessEntry::sample(41)
+        };
+        s.append(&[failed], &[]).unwrap();
+        assert_eq!(s.access_log(None, 41, 1).unwrap()[0].outcome, "failed");
+        assert_eq!(s.pulls("a").unwrap(), 3);
+        assert_eq!(s.prune_access(0, 2).unwrap(), 4);
         let indexes: i64 = s
             .conn()
             .query_row(

@@ -359,15 +359,20 @@ pub async fn logs(c: &Client, kind: &str, a: LogArgs, out: &mut dyn Write) -> an
     } else {
         writeln!(
             out,
-            "{:<20} {:<12} {:<16} {:<7} {:<9} {:<32} {:>6} {:>12} {:>9} CACHE",
+            "{:<20} {:<12} {:<16} {:<7} {:<9} {:<32} {:>6} {:>12} {:>9} CACHE (OUTCOME)",
             "TIME", "USER", "CLIENT", "METHOD", "ROUTE", "REPOSITORY", "STATUS", "BYTES", "MS"
         )?;
         for r in v["requests"].as_array().into_iter().flatten() {
             let bytes = r["bytes"].as_u64().map_or("-".into(), |b| b.to_string());
             let ms = r["duration_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+            // Only a body that did not end whole says how it ended.
+            let outcome = match r["outcome"].as_str() {
+                None | Some("ok") => String::new(),
+                Some(o) => format!(" ({o})"),
+            };
             writeln!(
                 out,
-                "{:<20} {:<12} {:<16} {:<7} {:<9} {:<32} {:>6} {:>12} {:>9.1} {}",
+                "{:<20} {:<12} {:<16} {:<7} {:<9} {:<32} {:>6} {:>12} {:>9.1} {}{}",
                 time(r),
                 s(r, "user"),
                 s(r, "client"),
@@ -377,7 +382,8 @@ pub async fn logs(c: &Client, kind: &str, a: LogArgs, out: &mut dyn Write) -> an
                 r["status"].as_u64().unwrap_or(0),
                 bytes,
                 ms,
-                s(r, "cache")
+                s(r, "cache"),
+                outcome
             )?;
         }
     }

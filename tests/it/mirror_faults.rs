@@ -98,6 +98,30 @@ async fn a_corrupt_upstream_gives_an_error_and_nothing_is_cached() {
         .expect("tmp")
         .count();
     assert_eq!(tmp, 0, "no temp file left");
+    // The access log records the GET as failed, with the bytes actually sent, not as a
+    // 200 of the whole length.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let r = http.get("/admin/access-logs?since=1h").await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let v = r.json();
+        let found =
+            v["requests"].as_array().into_iter().flatten().find(|x| {
+                x["route"] == "blob" && x["method"] == "GET" && x["outcome"] != "aborted"
+            });
+        if let Some(x) = found {
+            break x.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no blob GET logged: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(record["outcome"], "failed", "{record}");
+    assert_eq!(record["status"], 200, "{record}");
+    let sent = record["bytes"].as_u64().expect("bytes sent");
+    assert!(sent < 3 << 20, "the last bytes were held back: {record}");
     // Once the upstream behaves, the same blob is fetched and verified.
     fake.set(|s| s.corrupt = false);
     let r = http.get_hashed(&path, &[]).await.expect("good body");

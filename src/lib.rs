@@ -18,6 +18,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;

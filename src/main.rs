@@ -168,7 +168,13 @@ fn init_logging(cfg: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(agent_registry::logging::Buffered::stderr());
+    // A panic's message must not overtake the lines logged before it.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        agent_registry::logging::flush();
+        previous(info);
+    }));
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -289,6 +295,8 @@ async fn serve(
              agent-registry token create --user NAME --scope 'agents/*:pull,push'"
         );
     }
+    // The start-up lines are out before systemd (or a test) hears we are ready.
+    agent_registry::logging::flush();
     systemd::notify("READY=1");
     tokio::select! {
         _ = shutdown_signal() => {},
@@ -518,6 +526,8 @@ fn main() -> std::process::ExitCode {
             admin(&config, &a, http::Method::POST, path)
         }
     };
+    // Log lines still in the buffer go out before the last word.
+    agent_registry::logging::flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -147,7 +147,16 @@ async fn credentials_never_reach_logs_or_config_show() {
                 "error body leaks"
             );
         }
-        drop(proc_);
+        // A graceful stop: the buffered log is written out on the way (a kill -9 may
+        // lose its last 50 ms).
+        let term = Command::new("kill")
+            .args(["-TERM", &proc_.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(term.success());
+        let mut proc_ = proc_;
+        let exited = proc_.child.wait().expect("wait");
+        assert!(exited.success(), "{exited:?}");
         let log = std::fs::read_to_string(dir.path().join(format!("{format}.log"))).expect("log");
         assert!(log.contains("access"), "the access log was written: {log}");
         assert!(

@@ -94,6 +94,10 @@ pub struct LoadArgs {
     /// The archive file or layout directory.
     #[arg(long, short = 'i')]
     pub input: PathBuf,
+    /// The repository for images the layout names by a tag alone (as `skopeo copy ...
+    /// oci:DIR:TAG` writes them): they are loaded as REPO:TAG.
+    #[arg(long, value_name = "REPO")]
+    pub name: Option<String>,
     /// Only print the loaded names.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -235,7 +239,13 @@ fn images(store: &Store, a: ImagesArgs, out: &mut dyn Write) -> anyhow::Result<(
 }
 
 fn load(store: &Store, a: LoadArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let loaded = archive::load(store, &a.input)?;
+    if let Some(n) = &a.name {
+        normalize_ref(n)?;
+        if crate::client::store::has_tag(n) {
+            bail!("--name takes a repository without a tag, not {n}");
+        }
+    }
+    let loaded = archive::load(store, &a.input, a.name.as_deref())?;
     for (name, d) in loaded {
         match name {
             Some(n) => writeln!(out, "Loaded image: {n}")?,

@@ -158,8 +158,10 @@ struct DockerEntry {
 /// What a load added: each image with the name it was tagged with (None: untagged).
 pub type Loaded = Vec<(Option<String>, Descriptor)>;
 
-/// Loads an OCI layout (dir or tar) or docker archive into the store.
-pub fn load(store: &Store, path: &Path) -> anyhow::Result<Loaded> {
+/// Loads an OCI layout (dir or tar) or docker archive into the store. `repo` names the
+/// repository of images the layout names by a bare tag (`v1`, as `skopeo copy ...
+/// oci:DIR:v1` writes); without it such a name is kept as it is.
+pub fn load(store: &Store, path: &Path, repo: Option<&str>) -> anyhow::Result<Loaded> {
     let session = store.writer()?;
     let source = if path.is_dir() {
         Source::Dir(path.to_path_buf())
@@ -169,7 +171,7 @@ pub fn load(store: &Store, path: &Path) -> anyhow::Result<Loaded> {
     let images = if let Some(idx) = source.meta(store, "index.json")? {
         let idx: Index = serde_json::from_slice(&idx)
             .with_context(|| format!("{}: index.json is not valid", path.display()))?;
-        load_oci(store, &source, &idx)?
+        load_oci(store, &source, &idx, repo)?
     } else if let Some(m) = source.meta(store, "manifest.json")? {
         let entries: Vec<DockerEntry> = serde_json::from_slice(&m)
             .with_context(|| format!("{}: manifest.json is not valid", path.display()))?;
@@ -198,7 +200,12 @@ pub fn load(store: &Store, path: &Path) -> anyhow::Result<Loaded> {
     Ok(images)
 }
 
-fn load_oci(store: &Store, src: &Source, idx: &Index) -> anyhow::Result<Loaded> {
+fn load_oci(
+    store: &Store,
+    src: &Source,
+    idx: &Index,
+    repo: Option<&str>,
+) -> anyhow::Result<Loaded> {
     let mut out = Vec::new();
     for d in &idx.manifests {
         let digest: Digest = d.digest.parse().map_err(|e| anyhow!("index.json: {e}"))?;
@@ -207,7 +214,10 @@ fn load_oci(store: &Store, src: &Source, idx: &Index) -> anyhow::Result<Loaded> 
         let name = ann
             .and_then(|a| a.get(CONTAINERD_NAME))
             .or_else(|| ann.and_then(|a| a.get(REF_NAME)))
-            .cloned();
+            .map(|n| match repo {
+                Some(r) if !n.contains(':') && !n.contains('/') => format!("{r}:{n}"),
+                _ => n.clone(),
+            });
         let mut d = d.clone();
         if let Some(a) = d.annotations.as_mut() {
             a.remove(REF_NAME);
@@ -442,7 +452,7 @@ mod tests {
         drop(f);
         let t2 = tempfile::tempdir().unwrap();
         let s2 = Store::open(t2.path()).unwrap();
-        let loaded = load(&s2, &file).unwrap();
+        let loaded = load(&s2, &file, None).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0.as_deref(), Some("rt:1"));
         assert_eq!(s2.resolve("rt:1").unwrap().digest, b.manifest.digest);

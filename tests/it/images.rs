@@ -650,3 +650,38 @@ fn kill_during_load_leaves_a_valid_store() {
     home.ok(&["image", "prune", "-f"]);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+#[test]
+fn docker_loads_an_agent_save_archive() {
+    if !tools::require("dockerd") || !tools::require("docker") {
+        return;
+    }
+    let home = Home::new();
+    let ctx = tempfile::tempdir().unwrap();
+    context(ctx.path());
+    home.ok(&[
+        "build",
+        "-t",
+        "agents/saved:1",
+        ctx.path().to_str().unwrap(),
+    ]);
+    let id = home.list(false)[0]["id"].as_str().unwrap().to_string();
+    let file = home.dir.path().join("saved.tar");
+    home.ok(&["save", "agents/saved:1", "-o", file.to_str().unwrap()]);
+
+    // No pull happens: the mirror address is never contacted.
+    let d = tools::Dockerd::start("127.0.0.1:9");
+    let o = tools::run(d.docker().args(["load", "-i", file.to_str().unwrap()]));
+    assert!(
+        text(&o.stdout).contains("agents/saved:1"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = tools::run(d.docker().args(["image", "inspect", "agents/saved:1"]));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["Id"], id.as_str());
+    assert_eq!(
+        v[0]["Config"]["Labels"]["ai.agent.capabilities"],
+        "text-generation,chat"
+    );
+}

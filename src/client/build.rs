@@ -602,6 +602,24 @@ mod tests {
     }
 
     #[test]
+    fn an_exception_reopens_an_excluded_directory() {
+        let src = tempfile::tempdir().unwrap();
+        let d = src.path();
+        std::fs::create_dir_all(d.join("data/sub")).unwrap();
+        std::fs::write(d.join("data/big.bin"), "x").unwrap();
+        std::fs::write(d.join("data/sub/keep.txt"), "k").unwrap();
+        std::fs::create_dir_all(d.join("cache")).unwrap();
+        std::fs::write(d.join("cache/x"), "x").unwrap();
+        let ignore = Ignore::parse("data\ncache\n!data/sub/keep.txt\n");
+        let rels: Vec<String> = walk(d, &ignore)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
+        assert_eq!(rels, ["data", "data/sub", "data/sub/keep.txt"]);
+    }
+
+    #[test]
     fn missing_base_names_the_pull() {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("agent.yaml"), "base: python:3.12\n").unwrap();

@@ -685,3 +685,50 @@ fn docker_loads_an_agent_save_archive() {
         "text-generation,chat"
     );
 }
+
+#[test]
+fn a_multi_platform_index_loads_lists_and_saves() {
+    let home = Home::new();
+    let layout = tempfile::tempdir().unwrap();
+    let info = img::multi_arch_image(layout.path(), "v1", 21);
+    home.ok(&[
+        "load",
+        "-i",
+        layout.path().to_str().unwrap(),
+        "--name",
+        "multi/img",
+    ]);
+    let rows = home.list(false);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["digest"], info.manifest_digest.as_str());
+    assert_eq!(rows[0]["media_type"], img::INDEX_V1);
+    // The ID is the host platform's config (amd64 or arm64 in the index).
+    let index: Value =
+        serde_json::from_slice(&img::read_blob(&home.images(), &info.manifest_digest)).unwrap();
+    let configs: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let m: Value = serde_json::from_slice(&img::read_blob(
+                &home.images(),
+                m["digest"].as_str().unwrap(),
+            ))
+            .unwrap();
+            m["config"]["digest"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(configs.contains(&rows[0]["id"].as_str().unwrap().to_string()));
+
+    // Saved and loaded elsewhere: the whole index with both platforms.
+    let file = home.dir.path().join("multi.tar");
+    home.ok(&["save", "multi/img:v1", "-o", file.to_str().unwrap()]);
+    let other = Home::new();
+    assert_eq!(
+        other.ok(&["load", "-i", file.to_str().unwrap()]),
+        "Loaded image: multi/img:v1\n"
+    );
+    assert_eq!(other.digest_of("multi/img:v1"), info.manifest_digest);
+    assert_eq!(other.blob_count(), home.blob_count());
+    assert_eq!(other.blob_count(), 1 + info.blobs.len());
+}

@@ -492,18 +492,18 @@ fn skopeo_reads_and_writes_the_store() {
     let oci = |r: &str| format!("oci:{}:{r}", store.display());
 
     // Read back by skopeo.
-    let o = tools::run(tools::command("skopeo").args(["inspect", &oci("agents/demo:1.0")]));
+    let o = tools::run(crate::interop::skopeo().args(["inspect", &oci("agents/demo:1.0")]));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Digest"], digest.as_str());
     assert_eq!(v["Labels"]["ai.agent.capabilities"], "text-generation,chat");
     let out = tempfile::tempdir().unwrap();
     let dir_dest = format!("dir:{}", out.path().join("d").display());
-    tools::run(tools::command("skopeo").args(["copy", &oci("agents/demo:1.0"), &dir_dest]));
+    tools::run(crate::interop::skopeo().args(["copy", &oci("agents/demo:1.0"), &dir_dest]));
     assert!(out.path().join("d/manifest.json").is_file());
 
     // Written by skopeo into the store: agent sees the tag, shares the blobs.
     let before = home.blob_count();
-    tools::run(tools::command("skopeo").args([
+    tools::run(crate::interop::skopeo().args([
         "copy",
         &oci("agents/demo:1.0"),
         &oci("localhost:5000/agents/demo:copy"),
@@ -515,7 +515,7 @@ fn skopeo_reads_and_writes_the_store() {
     // An OCI layout written by skopeo (bare tag) loads, and the docker-archive skopeo
     // writes too.
     let layout = out.path().join("layout");
-    tools::run(tools::command("skopeo").args([
+    tools::run(crate::interop::skopeo().args([
         "copy",
         &oci("agents/demo:1.0"),
         &format!("oci:{}:v7", layout.display()),
@@ -531,7 +531,7 @@ fn skopeo_reads_and_writes_the_store() {
     assert_eq!(o, "Loaded image: loaded/demo:v7\n");
     assert_eq!(other.digest_of("loaded/demo:v7"), digest);
     let archive = out.path().join("docker.tar");
-    tools::run(tools::command("skopeo").args([
+    tools::run(crate::interop::skopeo().args([
         "copy",
         &oci("agents/demo:1.0"),
         &format!("docker-archive:{}:arch/demo:2", archive.display()),
@@ -539,17 +539,24 @@ fn skopeo_reads_and_writes_the_store() {
     let o = other.ok(&["load", "-i", archive.to_str().unwrap()]);
     assert_eq!(o, "Loaded image: docker.io/arch/demo:2\n");
 
+    // Through the project's registry: pushed from the store, pulled back into it.
+    let server = crate::support::server::TestServer::start();
+    let remote = format!("{}/agents/demo:1.0", server.host());
+    crate::interop::push(&store, "agents/demo:1.0", &remote, &[]);
+    crate::interop::pull(&remote, &oci(&remote), &[]);
+    assert_eq!(home.digest_of(&remote), digest);
+
     // agent save is read by skopeo both as an OCI archive and as a docker archive.
     let saved = out.path().join("saved.tar");
     home.ok(&["save", "agents/demo:1.0", "-o", saved.to_str().unwrap()]);
-    let o = tools::run(tools::command("skopeo").args([
+    let o = tools::run(crate::interop::skopeo().args([
         "inspect",
         &format!("oci-archive:{}:agents/demo:1.0", saved.display()),
     ]));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Digest"], digest.as_str());
     tools::run(
-        tools::command("skopeo").args(["inspect", &format!("docker-archive:{}", saved.display())]),
+        crate::interop::skopeo().args(["inspect", &format!("docker-archive:{}", saved.display())]),
     );
 }
 

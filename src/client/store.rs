@@ -163,6 +163,8 @@ pub struct BlobWriter {
     hasher: Hasher,
     size: u64,
     root: PathBuf,
+    /// A resumable download's partial file outlives a dropped writer.
+    keep_on_drop: bool,
 }
 
 /// What a commit did.
@@ -206,7 +208,7 @@ impl BlobWriter {
             .ok_or_else(|| anyhow!("blob writer is closed"))?;
         let hasher = std::mem::replace(&mut self.hasher, crate::oci::Algorithm::Sha256.hasher());
         let actual = match expected {
-            Some(e) if e.algorithm() != crate::oci::Algorithm::Sha256 => {
+            Some(e) if e.algorithm() != crate::oci::Algorithm::Sha256 && !self.keep_on_drop => {
                 // Re-hash with the expected algorithm (sha512 blobs are rare).
                 let mut h = e.algorithm().hasher();
                 let mut f = File::open(&self.path)?;
@@ -224,6 +226,8 @@ impl BlobWriter {
         };
         if let Some(e) = expected {
             if *e != actual {
+                // A wrong partial must not be resumed either.
+                let _ = std::fs::remove_file(&self.path);
                 bail!(
                     "blob {e} has the wrong content: its {} bytes hash to {actual}",
                     self.size
@@ -257,8 +261,11 @@ impl BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        // Committed: the path was renamed away (or already removed); else drop the temp file.
-        let _ = std::fs::remove_file(&self.path);
+        // Committed: the path was renamed away (or already removed); else drop the temp
+        // file, unless it is a partial download to resume.
+        if !self.keep_on_drop || self.file.is_none() || self.size == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -341,6 +348,54 @@ impl Store {
             hasher: crate::oci::Algorithm::Sha256.hasher(),
             size: 0,
             root: self.root.clone(),
+            keep_on_drop: false,
+        })
+    }
+
+    /// A writer for the blob `expected` that continues the partial file an earlier,
+    /// interrupted writer (a download cut or killed) left in `.tmp/`: [`BlobWriter::size`]
+    /// is how much it holds, so a download asks for the rest with `Range`. The partial is
+    /// kept when the writer is dropped without a commit, removed when its digest proves
+    /// wrong, and collected by `rmi`/`image prune` like any leftover. If another process
+    /// is writing the same blob, a fresh writer is returned instead.
+    pub fn resumable_writer(&self, expected: &Digest) -> anyhow::Result<BlobWriter> {
+        let path = self.tmp_dir().join(format!(
+            "{}-{}.partial",
+            expected.algorithm().as_str(),
+            expected.hex()
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return self.blob_writer(),
+            Err(e) => bail!("cannot lock {}: {e}", path.display()),
+        }
+        let mut hasher = expected.algorithm().hasher();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(BlobWriter {
+            file: Some(file),
+            path,
+            hasher,
+            size,
+            root: self.root.clone(),
+            keep_on_drop: true,
         })
     }
 
@@ -837,6 +892,37 @@ mod tests {
         // The layout files are there.
         assert!(t.path().join("oci-layout").is_file());
         assert_eq!(s.index().unwrap().manifests.len(), 0);
+    }
+
+    #[test]
+    fn an_interrupted_blob_write_resumes() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let data = b"0123456789abcdef".repeat(1000);
+        let d = Digest::sha256_of(&data);
+        let mut w = s.resumable_writer(&d).unwrap();
+        assert_eq!(w.size(), 0);
+        w.write_all(&data[..7000]).unwrap();
+        drop(w); // a cut download
+        assert!(!s.has_blob(&d));
+        let mut w = s.resumable_writer(&d).unwrap();
+        assert_eq!(w.size(), 7000);
+        // A second writer of the same blob meanwhile gets a fresh file.
+        assert_eq!(s.resumable_writer(&d).unwrap().size(), 0);
+        w.write_all(&data[7000..]).unwrap();
+        assert!(w.commit(Some(&d)).unwrap().created);
+        assert_eq!(s.read_blob(&d).unwrap(), data);
+        assert_eq!(std::fs::read_dir(t.path().join(".tmp")).unwrap().count(), 0);
+
+        // A partial with wrong bytes fails its digest and is not resumed again.
+        let other = Digest::sha256_of(b"other");
+        let mut w = s.resumable_writer(&other).unwrap();
+        w.write_all(b"wrong").unwrap();
+        drop(w);
+        let w = s.resumable_writer(&other).unwrap();
+        assert_eq!(w.size(), 5);
+        assert!(w.commit(Some(&other)).is_err());
+        assert_eq!(s.resumable_writer(&other).unwrap().size(), 0);
     }
 
     #[test]

@@ -128,14 +128,17 @@ pub fn run(cmd: LocalCommand, out: &mut dyn Write) -> anyhow::Result<()> {
             store.set_tag(&normalize_ref(&target)?, &d)
         }
         LocalCommand::Rmi { images } => {
-            let (untagged, deleted) = store.remove_tags(&images)?;
-            for u in untagged {
+            let r = store.remove_tags(&images)?;
+            for u in r.untagged {
                 writeln!(out, "Untagged: {u}")?;
             }
-            for d in deleted {
+            for d in r.deleted {
                 writeln!(out, "Deleted: {d}")?;
             }
-            Ok(())
+            match r.failed.len() {
+                0 => Ok(()),
+                _ => bail!("{}", r.failed.join("; ")),
+            }
         }
         LocalCommand::Image {
             command: ImageCommand::Prune { all, force },

@@ -515,52 +515,27 @@ impl Store {
         Ok(())
     }
 
-    /// Removes tags. Each manifest left without a tag is removed too, and then every blob
-    /// that no remaining entry references. Returns (untagged refs, deleted manifests).
-    pub fn remove_tags(&self, refs: &[String]) -> anyhow::Result<(Vec<String>, Vec<Digest>)> {
+    /// Removes tags, like `docker rmi`: each manifest left without a tag is removed too,
+    /// and then every blob that no remaining entry references. A reference that cannot be
+    /// removed (unknown, or an image ID that several tags name) does not stop the others;
+    /// it is reported in `failed`.
+    pub fn remove_tags(&self, refs: &[String]) -> anyhow::Result<Removed> {
         let _gc = lock(&self.root.join(".gc.lock"), true)?;
-        let (untagged, deleted) = self.update_index(|idx| {
-            let mut untagged = Vec::new();
-            let mut deleted = Vec::new();
+        let removed = self.update_index(|idx| {
+            let mut out = Removed::default();
             for r in refs {
-                let names = candidates(r);
-                let pos = idx
-                    .manifests
-                    .iter()
-                    .position(|d| ref_name(d).is_some_and(|n| names.iter().any(|c| c == n)));
-                let pos = match pos {
-                    Some(p) => p,
-                    None => {
-                        // An image ID or digest: only when exactly one tag names it, or none.
-                        let d = resolve_in(self, idx, r)?;
-                        let tagged: Vec<usize> = idx
-                            .manifests
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, m)| m.digest == d.digest)
-                            .map(|(i, _)| i)
-                            .collect();
-                        if tagged.len() > 1 {
-                            bail!(
-                                "image {r} is tagged {} times: remove it by its tags",
-                                tagged.len()
-                            );
-                        }
-                        tagged[0]
+                match remove_one(self, idx, r) {
+                    Ok((name, deleted)) => {
+                        out.untagged.extend(name);
+                        out.deleted.extend(deleted);
                     }
-                };
-                let d = idx.manifests.remove(pos);
-                if let Some(n) = ref_name(&d) {
-                    untagged.push(n.to_string());
-                }
-                if !idx.manifests.iter().any(|m| m.digest == d.digest) {
-                    deleted.push(d.digest.parse()?);
+                    Err(e) => out.failed.push(format!("{e:#}")),
                 }
             }
-            Ok((untagged, deleted))
+            Ok(out)
         })?;
         self.collect_garbage_locked()?;
-        Ok((untagged, deleted))
+        Ok(removed)
     }
 
     /// `image prune`: untagged entries (all entries with `all`), then unreferenced blobs
@@ -780,6 +755,62 @@ pub fn has_tag(r: &str) -> bool {
     last.contains(':')
 }
 
+/// What `remove_tags` did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// The references that were removed.
+    pub untagged: Vec<String>,
+    /// Manifests removed because no tag named them any more.
+    pub deleted: Vec<Digest>,
+    /// One error per reference that could not be removed.
+    pub failed: Vec<String>,
+}
+
+fn remove_one(
+    store: &Store,
+    idx: &mut Index,
+    r: &str,
+) -> anyhow::Result<(Option<String>, Option<Digest>)> {
+    let names = candidates(r);
+    let pos = idx
+        .manifests
+        .iter()
+        .position(|d| ref_name(d).is_some_and(|n| names.iter().any(|c| c == n)));
+    let pos = match pos {
+        Some(p) => p,
+        None => {
+            // An image ID or digest: only when one entry (a tag or an untagged one) holds it.
+            let d = resolve_in(store, idx, r)?;
+            let holders: Vec<usize> = idx
+                .manifests
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.digest == d.digest)
+                .map(|(i, _)| i)
+                .collect();
+            match holders[..] {
+                [one] => one,
+                _ => bail!(
+                    "image {r} is tagged {} times: remove it by its tags",
+                    holders.len()
+                ),
+            }
+        }
+    };
+    let d = idx.manifests.remove(pos);
+    let name = ref_name(&d).map(str::to_string);
+    let deleted = if idx.manifests.iter().any(|m| m.digest == d.digest) {
+        None
+    } else {
+        Some(
+            d.digest
+                .parse()
+                .map_err(|e| anyhow!("index.json: bad digest {}: {e}", d.digest))?,
+        )
+    };
+    Ok((name, deleted))
+}
+
 fn set_tag_in(idx: &mut Index, name: &str, desc: &Descriptor) {
     let old: Vec<Descriptor> = idx
         .manifests
@@ -950,11 +981,14 @@ mod tests {
         let (removed, _) = s.prune(false).unwrap();
         assert_eq!(removed.len(), 1);
         assert!(!s.has_blob(&a));
-        let (untagged, deleted) = s.remove_tags(&["x:1".into()]).unwrap();
-        assert_eq!((untagged.len(), deleted.len()), (1, 0));
+        let r = s.remove_tags(&["x:1".into()]).unwrap();
+        assert_eq!((r.untagged.len(), r.deleted.len()), (1, 0));
         assert!(s.has_blob(&b));
-        let (_, deleted) = s.remove_tags(&["x:2".into()]).unwrap();
-        assert_eq!(deleted, vec![b.clone()]);
+        // An unknown name does not stop the known one.
+        let r = s.remove_tags(&["nope:1".into(), "x:2".into()]).unwrap();
+        assert_eq!(r.deleted, vec![b.clone()]);
+        assert_eq!(r.failed.len(), 1);
+        assert!(r.failed[0].contains("nope:1"), "{:?}", r.failed);
         assert!(!s.has_blob(&b));
         assert!(s.resolve("x:2").is_err());
     }

@@ -350,7 +350,11 @@ fn tag_rmi_and_prune_share_and_collect_blobs() {
     assert_eq!(home.list(true).len(), 1);
     assert_eq!(home.blob_count(), 3);
 
-    let out = home.ok(&["rmi", "app:1"]);
+    // An unknown name fails the command but not the removal of the others, like docker.
+    let o = home.run(&["rmi", "missing:9", "app:1"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("image missing:9 is not in the local store"));
+    let out = text(&o.stdout);
     assert!(
         out.contains("Untagged: app:1") && out.contains("Deleted: sha256:"),
         "{out}"

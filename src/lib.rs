@@ -8,6 +8,7 @@
 //! - `app`: `App`, the shared state, and `App::handle`, the one request entry point
 //! - `error`: the request-path error type
 //! - `cli`: the `agent` client commands
+//! - `client`: the client's local image store (an OCI layout), build, load/save, listing
 //! - `upstream`: the outbound HTTP client of the mirror (token auth, retries, timeouts)
 //! - `metrics`: every metric name, once; the Prometheus recorder behind `GET /metrics`
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod logging;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod creds;
 pub mod http;
+pub mod images;
 pub mod server_admin;
 
 use anyhow::{anyhow, bail};
@@ -69,6 +70,9 @@ pub enum Command {
         #[command(flatten)]
         args: admin::SearchArgs,
     },
+    // Local images (src/cli/images.rs): build, images, load, save, tag, rmi, image prune.
+    #[command(flatten)]
+    Local(images::LocalCommand),
 }
 
 #[derive(Subcommand)]
@@ -170,6 +174,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 http::Client::new(&target.registry, target.timeout)?.with_authorization(auth);
             admin::search(&client, args, out).await
         }
+        Command::Local(command) => images::run(command, out),
     }
 }
 

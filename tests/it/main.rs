@@ -13,6 +13,7 @@ mod crash;
 mod files;
 mod garbage;
 mod gc;
+mod images;
 mod interop;
 mod interop_auth;
 mod interop_docker;

@@ -26,3 +26,4 @@ mod search;
 mod sendfile;
 mod tls;
 mod upstream;
+mod upstream_health;

@@ -48,6 +48,20 @@ fn message(r: &Resp) -> String {
         .to_string()
 }
 
+/// GETs `path` until it is not a 503, waiting out each 503's `Retry-After` (as a client
+/// does while an upstream is down); at most 30 s.
+pub(crate) async fn get_after_retry_after(http: &Http, path: &str) -> Resp {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(path).await;
+        if r.status != StatusCode::SERVICE_UNAVAILABLE {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "still 503: {:?}", r.body);
+        tokio::time::sleep(Duration::from_secs(retry_after(&r))).await;
+    }
+}
+
 /// The upstream's entry in `/health?detailed=1`.
 async fn upstream_report(http: &Http, name: &str) -> serde_json::Value {
     let v = http.get("/health?detailed=1").await.json();
@@ -92,9 +106,11 @@ async fn a_429_holds_every_request_to_the_upstream_until_its_retry_after() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let left = retry_after(&r);
     assert!((28..=30).contains(&left), "{left}");
+    // (A HEAD names the upstream: on a plain name it is a push's existence check, which
+    // this registry answers itself while the upstream cannot.)
     for blob in [
         http.get(&format!("/v2/app/blobs/{config}")).await,
-        http.head(&format!("/v2/app/blobs/{config}")).await,
+        http.head(&format!("/v2/{name}/app/blobs/{config}")).await,
     ] {
         assert_eq!(
             blob.status,
@@ -294,6 +310,14 @@ async fn an_unreachable_upstream_shows_in_errors_and_makes_health_say_degraded()
         "{}",
         message(&r)
     );
+    // A push's blob check on a new plain name is answered here while the upstream is known
+    // down, as when it does not answer (an air-gapped push goes on); a GET is 503.
+    let blob = format!("sha256:{}", "1".repeat(64));
+    let r = http.head(&format!("/v2/newapp/blobs/{blob}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = http.get(&format!("/v2/newapp/blobs/{blob}")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(retry_after(&r) >= 1);
 
     // Still ready (stale content can be served), but degraded, naming the upstream.
     let o = tokio::task::spawn_blocking({

@@ -274,6 +274,62 @@ async fn a_stale_tag_is_served_at_once_while_a_black_holed_upstream_is_revalidat
     assert_eq!(srv.app.mirror().revalidations.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_timeout_marks_the_upstream_down_and_stale_tags_are_served_at_once() {
+    let name = "timeout.health.test";
+    let fake = FakeUpstream::start();
+    image(&fake, "app", "v1");
+    let srv = mirror(name, &fake.url(), |u| {
+        u.tag_ttl = Duration::from_millis(200);
+        u.first_byte_timeout = Duration::from_secs(1);
+    });
+    let http = Http::new(&srv.host());
+    assert_eq!(
+        http.get("/v2/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fake.set(|s| s.black_hole = true);
+    fake.reset_counters();
+    let r = http.get("/v2/app/manifests/v1").await;
+    assert_eq!(r.header("x-cache"), Some("stale"));
+    // The revalidation's first-byte timeout marks the upstream down (watched in the
+    // metrics: the /health probe would go into the hole too).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let up = [("upstream", name)];
+    while value(&scrape(&http).await, "agent_registry_upstream_state", &up) != 2.0 {
+        assert!(Instant::now() < deadline, "never marked down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Known down: the stale tag at once, a tag never seen fails at once; nothing sent.
+    let started = Instant::now();
+    let r = http.get("/v2/app/manifests/v1").await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("stale"))
+    );
+    let r = http.get("/v2/app/manifests/v2").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(message(&r).contains("first byte"), "{}", message(&r));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.total_hits(), 1);
+    let report = upstream_report(&http, name).await;
+    assert!(
+        report["state"] == "open" || report["state"] == "half_open",
+        "{report}"
+    );
+    assert!(
+        report["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out waiting for the first byte")),
+        "{report}"
+    );
+}
+
 /// A port nothing listens on.
 fn dead_url() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -412,6 +468,11 @@ fn each_state_change_is_logged_once() {
             http.get("/v2/app/manifests/v1").await;
         }
     });
+    // Lines below warn reach the file from the log's writer thread a little later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !read().contains("upstream recovered") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let text = read();
     let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
     assert_eq!(count("upstream down: circuit open"), 1, "{text}");

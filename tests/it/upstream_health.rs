@@ -149,6 +149,34 @@ async fn a_429_holds_every_request_to_the_upstream_until_its_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_repository_scope_a_429_holds_back_only_its_repository() {
+    let name = "scoped.health.test";
+    let fake = FakeUpstream::start();
+    image(&fake, "a", "v1");
+    image(&fake, "b", "v1");
+    let srv = mirror(name, &fake.url(), |u| {
+        u.rate_limit_scope = agent_registry::config::RateLimitScope::Repository;
+    });
+    let http = Http::new(&srv.host());
+    fake.set(|s| {
+        s.too_many = 1;
+        s.retry_after = Some("30".into());
+    });
+    let r = http.get("/v2/a/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&r), 30);
+    let r = http.get("/v2/a/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(fake.hits("GET", "/v2/a/manifests/v1"), 1);
+    // Another repository of the same upstream is not held back.
+    let r = http.get("/v2/b/manifests/v1").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let report = upstream_report(&http, name).await;
+    assert_eq!(report["state"], "healthy", "{report}");
+    assert_eq!(report["rate_limited_repositories"], 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_upstream_opens_its_circuit_and_costs_at_most_one_request_per_client_request() {
     let name = "flaky.health.test";
     let fake = FakeUpstream::start();

@@ -434,13 +434,16 @@ impl App {
                     && m == Method::HEAD
                     && p.via_default
                     && mirror.hosted_on_push;
+                // (Known down, the upstream is not asked at all: 503, answered the same way.)
                 match self.proxied(route, &name, &p, req, ctx).await {
-                    Err(Error::Client {
-                        status, message, ..
-                    }) if push_check && status.is_server_error() => Err(Error::not_found(
-                        ErrorCode::BlobUnknown,
-                        format!("blob unknown in {name}; the upstream did not answer: {message}"),
-                    )),
+                    Err(e @ (Error::Client { .. } | Error::Unavailable { .. }))
+                        if push_check && e.status().is_server_error() =>
+                    {
+                        Err(Error::not_found(
+                            ErrorCode::BlobUnknown,
+                            format!("blob unknown in {name}; the upstream did not answer: {e}"),
+                        ))
+                    }
                     answered => answered,
                 }
             }

@@ -21,6 +21,14 @@ pub enum Error {
         retry_after: std::time::Duration,
         message: String,
     },
+    /// 503 with `Retry-After`: the upstream this needs is down or rate-limited and
+    /// nothing stale can stand in (a blob).
+    #[error("{message}")]
+    Unavailable {
+        /// Sent rounded up to whole seconds, at least 1.
+        retry_after: std::time::Duration,
+        message: String,
+    },
     /// 401 with a `WWW-Authenticate` challenge (the token flow's realm, service, scope).
     #[error("{message}")]
     Unauthorized { challenge: String, message: String },
@@ -61,6 +69,7 @@ impl Error {
         match self {
             Error::Client { status, .. } => *status,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

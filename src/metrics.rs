@@ -25,6 +25,10 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "agent_registry_upstream_requests_tota
 pub const UPSTREAM_REQUEST_DURATION_SECONDS: &str =
     "agent_registry_upstream_request_duration_seconds";
 pub const UPSTREAM_RATELIMIT_REMAINING: &str = "agent_registry_upstream_ratelimit_remaining";
+pub const UPSTREAM_STATE: &str = "agent_registry_upstream_state";
+pub const UPSTREAM_CIRCUIT_OPENINGS_TOTAL: &str = "agent_registry_upstream_circuit_openings_total";
+pub const UPSTREAM_RATE_LIMITS_TOTAL: &str = "agent_registry_upstream_rate_limits_total";
+pub const UPSTREAM_REFUSED_TOTAL: &str = "agent_registry_upstream_refused_total";
 pub const FILLS_IN_FLIGHT: &str = "agent_registry_fills_in_flight";
 pub const FILL_WAITERS_TOTAL: &str = "agent_registry_fill_waiters_total";
 pub const SENDFILE_BYTES_TOTAL: &str = "agent_registry_sendfile_bytes_total";
@@ -98,6 +102,14 @@ pub const ALL: &[Def] = &[
         "Time until an upstream's response head, retries and auth included"),
     def(UPSTREAM_RATELIMIT_REMAINING, G, Unit::Count, &["upstream"],
         "The last ratelimit-remaining an upstream sent (Docker Hub's pulls left); absent until one was seen"),
+    def(UPSTREAM_STATE, G, Unit::Count, &["upstream"],
+        "An upstream's health: 0 healthy, 1 rate-limited (waiting out a 429), 2 down (circuit open, requests fail fast), 3 half-open (one probe in flight)"),
+    def(UPSTREAM_CIRCUIT_OPENINGS_TOTAL, C, Unit::Count, &["upstream"],
+        "Times an upstream was marked down after consecutive failures or a timeout (a failed half-open probe does not count again)"),
+    def(UPSTREAM_RATE_LIMITS_TOTAL, C, Unit::Count, &["upstream"],
+        "429 answers from an upstream; each one holds back requests until its Retry-After"),
+    def(UPSTREAM_REFUSED_TOTAL, C, Unit::Count, &["upstream", "reason"],
+        "Requests not sent to an upstream because it is rate_limited or down (circuit open or half-open)"),
     def(FILLS_IN_FLIGHT, G, Unit::Count, &[],
         "Blob fills from an upstream in progress"),
     def(FILL_WAITERS_TOTAL, C, Unit::Count, &[],
@@ -440,6 +452,8 @@ pub fn upstream_outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
             _ => "client_error",
         },
         UpstreamError::TooManyRequests { .. } => "rate_limited",
+        // Refused requests are not sent: counted in UPSTREAM_REFUSED_TOTAL instead.
+        UpstreamError::Refused { .. } => "connect_error",
         UpstreamError::Auth { .. } => "auth_error",
         UpstreamError::Timeout { .. } => "timeout",
         UpstreamError::Connect { .. }
@@ -448,6 +462,26 @@ pub fn upstream_outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
         | UpstreamError::Body { .. } => "connect_error",
         UpstreamError::Config { .. } | UpstreamError::InvalidRequest { .. } => "client_error",
     }
+}
+
+/// An upstream's circuit opened.
+pub fn upstream_circuit_opened(upstream: &str) {
+    counter!(UPSTREAM_CIRCUIT_OPENINGS_TOTAL, "upstream" => upstream.to_string()).increment(1);
+}
+
+/// An upstream answered 429.
+pub fn upstream_rate_limited(upstream: &str) {
+    counter!(UPSTREAM_RATE_LIMITS_TOTAL, "upstream" => upstream.to_string()).increment(1);
+}
+
+/// A request was not sent because of the upstream's state.
+pub fn upstream_refused(upstream: &str, state: crate::upstream::health::State) {
+    let reason = match state {
+        crate::upstream::health::State::RateLimited => "rate_limited",
+        _ => "down",
+    };
+    counter!(UPSTREAM_REFUSED_TOTAL, "upstream" => upstream.to_string(), "reason" => reason)
+        .increment(1);
 }
 
 /// Records one `Upstream::send` (time to the response head, retries included).
@@ -532,6 +566,8 @@ pub fn fs_space(path: &Path) -> std::io::Result<FsSpace> {
 pub fn render(app: &App) -> String {
     let handle = install();
     for up in &app.mirror().upstreams {
+        let state = up.health().state() as u8;
+        gauge!(UPSTREAM_STATE, "upstream" => up.name().to_string()).set(f64::from(state));
         if let Some(n) = up.ratelimit_remaining() {
             gauge!(UPSTREAM_RATELIMIT_REMAINING, "upstream" => up.name().to_string()).set(n as f64);
         }

@@ -79,7 +79,8 @@ pub enum Command {
 pub enum RegistryCommand {
     /// Check that the registry answers the OCI API (GET /v2/).
     Ping,
-    /// Show whether the registry is ready to serve (exit status 1 if not).
+    /// Show whether the registry is ready to serve (exit status 1 if not); `degraded`
+    /// (exit status 0) names the upstreams that are down, rate-limited or unreachable.
     Health {
         /// Print the detailed JSON report.
         #[arg(long)]
@@ -200,11 +201,7 @@ async fn ping(client: &http::Client, out: &mut dyn Write) -> anyhow::Result<()> 
 }
 
 async fn health(client: &http::Client, detailed: bool, out: &mut dyn Write) -> anyhow::Result<()> {
-    let path = if detailed {
-        "/health?detailed=1"
-    } else {
-        "/readyz"
-    };
+    let path = "/health?detailed=1";
     let r = client.get(path).await?;
     let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| {
         anyhow!(
@@ -217,7 +214,16 @@ async fn health(client: &http::Client, detailed: bool, out: &mut dyn Write) -> a
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         let status = v["status"].as_str().unwrap_or("unknown");
-        writeln!(out, "registry {}: {status}", client.base())?;
+        let troubled = unwell_upstreams(&v);
+        match (status, troubled.is_empty()) {
+            ("ready", false) => writeln!(
+                out,
+                "registry {}: degraded: {}",
+                client.base(),
+                troubled.join("; ")
+            )?,
+            _ => writeln!(out, "registry {}: {status}", client.base())?,
+        }
     }
     if !r.status.is_success() {
         bail!(
@@ -227,6 +233,40 @@ async fn health(client: &http::Client, detailed: bool, out: &mut dyn Write) -> a
         );
     }
     Ok(())
+}
+
+/// The upstreams of a detailed health report that are not healthy or did not answer
+/// the probe, each as `upstream NAME STATE: ERROR`.
+fn unwell_upstreams(report: &serde_json::Value) -> Vec<String> {
+    let Some(upstreams) = report["upstreams"].as_array() else {
+        return Vec::new();
+    };
+    upstreams
+        .iter()
+        .filter_map(|u| {
+            let name = u["name"].as_str().unwrap_or("?");
+            let state = u["state"].as_str().unwrap_or("healthy");
+            let reachable = u["reachable"].as_bool().unwrap_or(true);
+            let what = match (state, reachable) {
+                ("healthy", true) => return None,
+                ("healthy", false) => "unreachable".to_string(),
+                ("rate_limited", _) => "rate-limited".to_string(),
+                ("open", _) => "down".to_string(),
+                ("half_open", _) => "down (probing)".to_string(),
+                (other, _) => other.to_string(),
+            };
+            let until = u["retry_at"]
+                .as_str()
+                .map(|t| format!(" until {t}"))
+                .unwrap_or_default();
+            let error = u["last_error"]
+                .as_str()
+                .or(u["error"].as_str())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            Some(format!("upstream {name} {what}{until}{error}"))
+        })
+        .collect()
 }
 
 async fn metrics(

@@ -41,7 +41,7 @@ pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use tls::{TlsConfig, TlsFileError};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
-pub use upstream::{MirrorConfig, UpstreamConfig};
+pub use upstream::{MirrorConfig, RateLimitScope, UpstreamConfig};
 use upstream::{RawMirror, ShownUpstream};
 
 /// The default config with every key documented; compiled in.

@@ -312,10 +312,13 @@ fn redacted_toml_reparses_to_equal_config() {
                 mirror.default_upstream = \"ghcr.io\"\nupstreams.\"quay.io\".enabled = false\n\
                 upstreams.\"ghcr.io\".immutable_tags = ['^v\\d+$']\n\
                 upstreams.\"ghcr.io\".max_bandwidth = \"50MiB\"\n\
+                upstreams.\"ghcr.io\".rate_limit_scope = \"repository\"\n\
                 auth.rules = [{ repos = [\"agents/*\"], users = [\"a\"], actions = [\"read\", \"write\"] }]\n\
                 auth.token_ttl = \"10m\"\n";
     let c = load(text, &env).unwrap();
     assert_eq!(c.auth.rules[0].actions, [Action::Pull, Action::Push]);
+    let ghcr = c.upstream("ghcr.io").map(|u| u.rate_limit_scope);
+    assert_eq!(ghcr, Some(crate::config::RateLimitScope::Repository));
     let rendered = c.to_toml_redacted();
     let back = Config::from_toml_str(&rendered, "rendered", &|_| None).unwrap();
     assert_eq!(c.log.level, "a${b}");

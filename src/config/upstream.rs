@@ -31,6 +31,35 @@ pub struct MirrorConfig {
     pub hosted_on_push: bool,
 }
 
+/// How far an upstream's 429 reaches (`rate_limit_scope`): every request to that
+/// upstream (`"upstream"`, the default: Docker Hub limits a client, not a repository),
+/// or only requests for the repository that got it (`"repository"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitScope {
+    #[default]
+    Upstream,
+    Repository,
+}
+
+impl RateLimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitScope::Upstream => "upstream",
+            RateLimitScope::Repository => "repository",
+        }
+    }
+
+    fn parse(s: &str) -> Result<RateLimitScope, String> {
+        match s {
+            "upstream" => Ok(RateLimitScope::Upstream),
+            "repository" => Ok(RateLimitScope::Repository),
+            other => Err(format!(
+                "expected \"upstream\" or \"repository\", found {other:?}"
+            )),
+        }
+    }
+}
+
 /// One upstream registry. Only upstreams listed in the config are ever contacted.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -64,6 +93,8 @@ pub struct UpstreamConfig {
     pub first_byte_timeout: Duration,
     /// Longest pause inside a body.
     pub idle_timeout: Duration,
+    /// What a 429 from this upstream holds back: the upstream or the repository.
+    pub rate_limit_scope: RateLimitScope,
 }
 
 /// Secrets compare by value, regexes by their source text.
@@ -107,6 +138,7 @@ impl PartialEq for UpstreamConfig {
             &other.token,
         ) && (&self.ca_file, self.max_concurrency, self.max_bandwidth)
             == (&other.ca_file, other.max_concurrency, other.max_bandwidth)
+            && self.rate_limit_scope == other.rate_limit_scope
             && (times(self), flags(self), patterns(self))
                 == (times(other), flags(other), patterns(other))
     }
@@ -135,6 +167,7 @@ impl UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            rate_limit_scope: RateLimitScope::Upstream,
         }
     }
 
@@ -229,6 +262,7 @@ pub(super) struct RawUpstream {
     connect_timeout: String,
     first_byte_timeout: String,
     idle_timeout: String,
+    rate_limit_scope: String,
 }
 
 /// What `config show` writes for an upstream: all keys, or `enabled = false` for a
@@ -267,6 +301,7 @@ impl RawUpstream {
             connect_timeout: format_duration(u.connect_timeout),
             first_byte_timeout: format_duration(u.first_byte_timeout),
             idle_timeout: format_duration(u.idle_timeout),
+            rate_limit_scope: u.rate_limit_scope.as_str().to_string(),
         }
     }
 }
@@ -415,6 +450,10 @@ fn build_upstream(
         connect_timeout: duration("connect_timeout", &raw.connect_timeout)?,
         first_byte_timeout: duration("first_byte_timeout", &raw.first_byte_timeout)?,
         idle_timeout: duration("idle_timeout", &raw.idle_timeout)?,
+        rate_limit_scope: o.check(
+            &key("rate_limit_scope"),
+            RateLimitScope::parse(&raw.rate_limit_scope),
+        )?,
         name,
     })
 }

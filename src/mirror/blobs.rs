@@ -6,7 +6,7 @@
 //! With layer caching off, or while the cache cannot write (full disk, read-only
 //! directory), blobs stream straight through from the upstream (`bypass`), verified.
 
-use super::{upstream_error, Proxy};
+use super::{upstream_blob_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
 use crate::cache::{FillError, FillErrorKind, Opened, Source};
 use crate::error::{Error, Result};
@@ -290,7 +290,7 @@ async fn confirm(app: &App, p: &Proxy, digest: &Digest, head: bool) -> Result<()
             Ok(())
         }
         Err(e) if head && e.status() == Some(StatusCode::NOT_FOUND) => Err(blob_unknown(p, digest)),
-        Err(e) if head => Err(upstream_error(&e)),
+        Err(e) if head => Err(upstream_blob_error(&e)),
         Err(e) => Err(fill_error(p, digest, fetch_error(e))),
     }
 }
@@ -328,7 +328,7 @@ async fn head_upstream(p: &Proxy, digest: &Digest) -> Result<Response<Body>> {
             Ok(r)
         }
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(blob_unknown(p, digest)),
-        Err(e) => Err(upstream_error(&e)),
+        Err(e) => Err(upstream_blob_error(&e)),
     }
 }
 
@@ -346,10 +346,15 @@ fn blob_unknown(p: &Proxy, digest: &Digest) -> Error {
 fn fill_error(p: &Proxy, digest: &Digest, e: FillError) -> Error {
     match e.kind {
         FillErrorKind::NotFound => blob_unknown(p, digest),
-        // Unavailable messages come from the upstream client and name it already.
-        FillErrorKind::Unavailable => {
-            Error::client(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.message)
-        }
+        // Unavailable messages come from the upstream client and name it already. While
+        // the upstream is rate-limited or down the client may come back after the wait.
+        FillErrorKind::Unavailable => match p.upstream.health().retry_after(&p.repo) {
+            Some(retry_after) => Error::Unavailable {
+                retry_after,
+                message: e.message,
+            },
+            None => Error::client(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, e.message),
+        },
         FillErrorKind::Mismatch => Error::client(
             StatusCode::BAD_GATEWAY,
             ErrorCode::Unknown,

@@ -1,9 +1,11 @@
 //! Proxied manifests. By digest: immutable, served from the cache without asking the
 //! upstream. By tag: a cached tag -> digest mapping, fresh for `tag_ttl` (forever for
 //! `immutable_tags`); when stale it is revalidated with a HEAD (which Docker Hub does not
-//! count as a pull) and the manifest is fetched again only if the digest moved. When the
-//! upstream is unreachable, failing or rate-limiting, the stale mapping is served (up to
-//! `max_stale`) with a `Warning` header. Bytes are cached exactly as the upstream sent them.
+//! count as a pull) and the manifest is fetched again only if the digest moved. One HEAD
+//! per stale tag runs at a time, in the background: requests wait for it at most
+//! `REVALIDATE_WAIT` (from its start), then get the stale mapping with a `Warning` header,
+//! as they do at once when the upstream is unreachable, failing, rate-limiting or known
+//! down (up to `max_stale`). Bytes are cached exactly as the upstream sent them.
 
 use super::{upstream_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
@@ -16,10 +18,14 @@ use crate::server::body::Body;
 use crate::server::manifests::{respond, respond_bytes};
 use crate::storage::mirror_meta::{now_ms, TagRow};
 use crate::storage::Commit;
+use crate::upstream::{Upstream, UpstreamError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// What the mirror asks upstreams for; nothing is converted, so every format is accepted.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -338,30 +344,25 @@ async fn by_tag(
         }
     }
     // Stale or unknown: ask the upstream. A HEAD when we hold a mapping (or the client only
-    // wants headers), a GET otherwise.
+    // wants headers), a GET otherwise. A stale mapping is revalidated by one background
+    // HEAD per tag, waited for at most REVALIDATE_WAIT while the row may still be served.
     let path = format!("/v2/{}/manifests/{tag}", p.repo);
-    let revalidate = cached.is_some() || head;
-    let answer = if revalidate {
-        up.send(Method::HEAD, &path, &p.repo, accept_headers())
-            .await
-            .map(|r| {
-                let h = r.headers();
-                let digest = h
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<Digest>().ok());
-                let mt = h
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
-                let len = h
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                (digest, mt, len)
-            })
-    } else {
-        Ok((None, None, None))
+    let answer = match &cached {
+        Some(row) => {
+            let servable =
+                (now.saturating_sub(row.fetched_ms) as u128) < (ttl + cfg.max_stale).as_millis();
+            let waiting = revalidation(app, p, tag, row);
+            match wait_for(waiting, servable).await {
+                Some(answer) => answer,
+                None => {
+                    tracing::debug!(upstream = up.name(), repo = %p.repo, tag, "revalidation still running, serving stale tag");
+                    ctx.cache = CacheStatus::Stale;
+                    return serve_row(app, p, row, head, Some(STALE_WARNING), ctx).await;
+                }
+            }
+        }
+        None if head => head_manifest(up, &path, &p.repo).await,
+        None => Ok((None, None, None)),
     };
     match answer {
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
@@ -381,7 +382,8 @@ async fn by_tag(
                 if (now.saturating_sub(row.fetched_ms) as u128)
                     < (ttl + cfg.max_stale).as_millis() =>
             {
-                tracing::warn!(upstream = up.name(), repo = %p.repo, tag, error = %e, "upstream unavailable, serving stale tag");
+                // The upstream's state change is logged once by its health, not per request.
+                tracing::debug!(upstream = up.name(), repo = %p.repo, tag, error = %e, "upstream unavailable, serving stale tag");
                 ctx.cache = CacheStatus::Stale;
                 serve_row(app, p, row, head, Some(STALE_WARNING), ctx).await
             }
@@ -394,8 +396,8 @@ async fn by_tag(
                     "revalidated {d} without a cached row"
                 )));
             };
+            // The revalidation restarted the row's clock (and saved it) itself.
             row.fetched_ms = now;
-            save_tag(app, p, tag, &row).await?;
             ctx.cache = CacheStatus::Revalidated;
             serve_row(app, p, &row, head, None, ctx).await
         }
@@ -425,6 +427,131 @@ async fn by_tag(
             Ok(respond_bytes(&d, &row.media_type, bytes, None))
         }
     }
+}
+
+/// A HEAD's answer: the digest, media type and length the upstream states.
+type HeadAnswer = std::result::Result<(Option<Digest>, Option<String>, Option<u64>), UpstreamError>;
+
+/// How long a request waits for the revalidation of a stale tag (counted from the
+/// revalidation's start) before the stale mapping is served with `Warning: 110`.
+pub const REVALIDATE_WAIT: Duration = Duration::from_millis(500);
+
+/// Revalidations in flight, one per (upstream, repository, tag): every request that finds
+/// the mapping stale while one runs waits on the same HEAD.
+#[derive(Default)]
+pub struct Revalidations {
+    inflight: Mutex<HashMap<(String, String, String), Waiting>>,
+}
+
+/// A revalidation to wait on: when it started and its answer once there.
+#[derive(Clone)]
+pub struct Waiting {
+    started: Instant,
+    answer: watch::Receiver<Option<HeadAnswer>>,
+}
+
+impl Revalidations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Waiting>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Revalidations running now (for tests and /health).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Joins the revalidation of `tag` or starts it: a HEAD upstream in its own task, so it
+/// goes on when the requests that wanted it have been answered stale. A HEAD naming the
+/// row's digest restarts the row's clock there and then.
+fn revalidation(app: &Arc<App>, p: &Proxy, tag: &str, row: &TagRow) -> Waiting {
+    let mirror = app.mirror();
+    let key = (
+        p.upstream.name().to_string(),
+        p.repo.clone(),
+        tag.to_string(),
+    );
+    let mut inflight = mirror.revalidations.lock();
+    if let Some(w) = inflight.get(&key) {
+        return w.clone();
+    }
+    let (tx, rx) = watch::channel(None);
+    let waiting = Waiting {
+        started: Instant::now(),
+        answer: rx,
+    };
+    inflight.insert(key.clone(), waiting.clone());
+    drop(inflight);
+    let (app, p, tag, row) = (app.clone(), p.clone(), tag.to_string(), row.clone());
+    tokio::spawn(async move {
+        let path = format!("/v2/{}/manifests/{tag}", p.repo);
+        let answer = head_manifest(&p.upstream, &path, &p.repo).await;
+        if let Ok((Some(d), _, _)) = &answer {
+            if row.digest == d.to_string() {
+                let mut row = row;
+                row.fetched_ms = now_ms();
+                if let Err(e) = save_tag(&app, &p, &tag, &row).await {
+                    tracing::warn!(upstream = p.upstream.name(), repo = %p.repo, tag = %tag, error = %e, "revalidated tag not saved");
+                }
+            }
+        }
+        // Out of the table first: a request that finds it gone starts afresh and sees the
+        // saved row.
+        mirror.revalidations.lock().remove(&key);
+        let _ = tx.send(Some(answer));
+    });
+    waiting
+}
+
+/// The revalidation's answer; None when it has not come within [`REVALIDATE_WAIT`] of the
+/// revalidation's start and the stale row may be served (`servable`), else waits for it.
+async fn wait_for(mut w: Waiting, servable: bool) -> Option<HeadAnswer> {
+    let done = async {
+        match w.answer.wait_for(|a| a.is_some()).await {
+            Ok(a) => a.clone(),
+            Err(_) => None,
+        }
+    };
+    let answer = match servable {
+        true => tokio::time::timeout_at((w.started + REVALIDATE_WAIT).into(), done)
+            .await
+            .ok()?,
+        false => done.await,
+    };
+    // A revalidation task that died (a panic) leaves no answer: ask again directly.
+    Some(answer.unwrap_or_else(|| {
+        Err(UpstreamError::Request {
+            upstream: String::new(),
+            what: String::new(),
+            message: "the revalidation ended without an answer".into(),
+        })
+    }))
+}
+
+/// HEAD for a manifest: the digest, media type and length its headers state.
+async fn head_manifest(up: &Upstream, path: &str, repo: &str) -> HeadAnswer {
+    up.send(Method::HEAD, path, repo, accept_headers())
+        .await
+        .map(|r| {
+            let h = r.headers();
+            let digest = h
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok());
+            let mt = h
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+            let len = h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (digest, mt, len)
+        })
 }
 
 /// Serves the manifest a tag row points at, fetching it by digest if only the mapping is known.

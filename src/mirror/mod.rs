@@ -25,6 +25,8 @@ pub struct Mirror {
     route_by_host: bool,
     /// `mirror.hosted_on_push`.
     pub hosted_on_push: bool,
+    /// Stale tags being revalidated in the background, one HEAD per tag.
+    pub revalidations: manifests::Revalidations,
 }
 
 impl Mirror {
@@ -63,12 +65,16 @@ impl Mirror {
             hosted_prefixes: config.mirror.hosted_prefixes.clone(),
             route_by_host: config.mirror.route_by_host,
             hosted_on_push: config.mirror.hosted_on_push,
+            revalidations: Default::default(),
         })
     }
 }
 
 /// Maps an upstream failure to the response side: the upstream's own 4xx is passed on
-/// by the caller; unreachable or failing upstreams are 502/504, never 500.
+/// by the caller; unreachable or failing upstreams are 502/504, never 500, with the
+/// cause in the message (it names the upstream and the request, never credentials). A
+/// 429, or a request refused while the upstream is rate-limited, is 429 with
+/// `Retry-After`; one refused while the upstream is down is 503 with `Retry-After`.
 pub fn upstream_error(e: &UpstreamError) -> Error {
     if e.status() == Some(StatusCode::UNAUTHORIZED) {
         // Docker Hub answers 401 insufficient_scope for repositories that do not exist.
@@ -77,16 +83,42 @@ pub fn upstream_error(e: &UpstreamError) -> Error {
             format!("repository unknown upstream or access denied: {e}"),
         );
     }
+    if e.is_rate_limited() {
+        return Error::TooManyRequests {
+            retry_after: e.retry_after().unwrap_or(UNKNOWN_RETRY_AFTER),
+            message: e.to_string(),
+        };
+    }
     let (status, code) = match e {
+        UpstreamError::Refused { retry_after, .. } => {
+            return Error::Unavailable {
+                retry_after: *retry_after,
+                message: e.to_string(),
+            }
+        }
         UpstreamError::Timeout { .. } => {
             (StatusCode::GATEWAY_TIMEOUT, crate::oci::ErrorCode::Unknown)
         }
-        UpstreamError::TooManyRequests { .. } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            crate::oci::ErrorCode::Toomanyrequests,
-        ),
         _ => (StatusCode::BAD_GATEWAY, crate::oci::ErrorCode::Unknown),
     };
     // The error names the upstream and the request itself.
     Error::client(status, code, e.to_string())
 }
+
+/// A blob has no stale stand-in and clients retry a 503 where some give up on a 429: a
+/// rate-limited upstream is 503 with `Retry-After` for blobs.
+pub fn upstream_blob_error(e: &UpstreamError) -> Error {
+    match upstream_error(e) {
+        Error::TooManyRequests {
+            retry_after,
+            message,
+        } => Error::Unavailable {
+            retry_after,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// `Retry-After` sent for a 429 whose upstream gave none.
+const UNKNOWN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);

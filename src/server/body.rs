@@ -115,6 +115,10 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
             StatusCode::TOO_MANY_REQUESTS,
             error_body(crate::oci::ErrorCode::Toomanyrequests, message),
         ),
+        Error::Unavailable { message, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body(crate::oci::ErrorCode::Unknown, message),
+        ),
         Error::Unauthorized { message, .. } => (
             StatusCode::UNAUTHORIZED,
             error_body(crate::oci::ErrorCode::Unauthorized, message),
@@ -128,7 +132,7 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
     if head {
         *r.body_mut() = empty();
     }
-    if let Error::TooManyRequests { retry_after, .. } = e {
+    if let Error::TooManyRequests { retry_after, .. } | Error::Unavailable { retry_after, .. } = e {
         r.headers_mut()
             .insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
     }

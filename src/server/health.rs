@@ -1,6 +1,8 @@
 //! `GET /v2/`, the health endpoints and `GET /metrics`: `/healthz` (alive), `/readyz`
 //! (storage writable, not draining), `/health` (JSON detail: storage space, fills, and
-//! each upstream's reachability, probed at most every 10 s).
+//! each upstream's reachability, probed at most every 10 s, and its health state:
+//! healthy, rate_limited, open or half_open, since when, until when, the last error).
+//! Upstream trouble never makes the server unready: stale content is still served.
 
 use crate::app::App;
 use crate::server::body::{full, json, Body};
@@ -123,9 +125,17 @@ fn slot(up: &Upstream) -> Slot {
         .clone()
 }
 
+/// Each upstream's probe, with its health state added after the probe (which may have
+/// been the half-open probe that changed it).
 async fn probe_all(app: &App) -> Vec<Value> {
     let mirror = app.mirror();
-    let probes = mirror.upstreams.iter().map(|up| cached_probe(up));
+    let probes = mirror.upstreams.iter().map(|up| async move {
+        let mut report = cached_probe(up).await;
+        if let (Value::Object(r), Value::Object(s)) = (&mut report, state(up)) {
+            r.extend(s);
+        }
+        report
+    });
     futures_util::future::join_all(probes).await
 }
 
@@ -175,6 +185,25 @@ async fn probe(up: &Upstream) -> Value {
         "latency_ms": latency_ms,
         "status": status.map(|s| s.as_u16()),
         "error": error,
+    })
+}
+
+/// The upstream's health as its requests left it (not cached: it is cheap and changes).
+fn state(up: &Upstream) -> Value {
+    let r = up.health().report();
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    json!({
+        "state": r.state.as_str(),
+        "since": httpdate::fmt_http_date(r.since),
+        "since_unix": secs(r.since),
+        "retry_at": r.retry_at.map(httpdate::fmt_http_date),
+        "consecutive_failures": r.consecutive_failures,
+        "last_error": r.last_error,
+        "rate_limited_repositories": r.limited_repositories,
     })
 }
 

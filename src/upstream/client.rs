@@ -1,12 +1,17 @@
-//! `Upstream::send`: one GET or HEAD with everything around it. The first-byte timeout
-//! and the concurrency permit cover each attempt's head; connect failures and 502/503/504
-//! are retried with backoff (3 attempts), a short 429 `Retry-After` is waited out once,
-//! a 401 is answered once with fresh credentials, redirects are followed (credentials
-//! stay with the upstream's own origin).
+//! `Upstream::send`: one GET or HEAD with everything around it. The upstream's health
+//! (`health.rs`) admits the request first: while rate-limited or down it fails at once
+//! without sending anything. The first-byte timeout and the concurrency permit cover each
+//! attempt's head; every attempt's outcome is recorded in the health; a connect failure or
+//! 502/503/504 is retried once, and only when it was the upstream's first failure in a row
+//! (so N requests against a failing upstream cost about N upstream requests, then none
+//! while the circuit is open); a short 429 `Retry-After` is waited out once; a 401 is
+//! answered once with fresh credentials; redirects are followed (credentials stay with the
+//! upstream's own origin).
 
 use super::auth::Answer;
 use super::body::{read_small, Sent};
 use super::error::{TimeoutPhase, UpstreamError};
+use super::health::{Outcome, Ticket};
 use super::wire::{causes, chain, location, origin, retry_after};
 use super::{challenge, Upstream};
 use crate::oci::errors::ErrorBody;
@@ -18,8 +23,9 @@ use rand::Rng;
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
-/// Attempts per request for connect failures and 502/503/504.
-const MAX_ATTEMPTS: u32 = 3;
+/// Attempts per request for connect failures and 502/503/504 (the second only when the
+/// health allows it: the first failure in a row).
+const MAX_ATTEMPTS: u32 = 2;
 /// The first backoff; doubled per attempt, with jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_REDIRECTS: usize = 5;
@@ -45,8 +51,23 @@ impl Upstream {
         repo: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut ticket = match self.health.admit(repo) {
+            Ok(t) => t,
+            Err(refusal) => {
+                crate::metrics::upstream_refused(&self.cfg.name, refusal.state);
+                return Err(UpstreamError::Refused {
+                    upstream: self.cfg.name.clone(),
+                    what: format!("{method} {path}"),
+                    state: refusal.state,
+                    retry_after: refusal.retry_after,
+                    cause: refusal.cause,
+                });
+            }
+        };
         let start = Instant::now();
-        let result = self.send_unmetered(method, path, repo, headers).await;
+        let result = self
+            .send_unmetered(method, path, repo, headers, &mut ticket)
+            .await;
         crate::metrics::upstream_request(&self.cfg.name, &result, start.elapsed());
         result
     }
@@ -57,6 +78,7 @@ impl Upstream {
         path: &str,
         repo: &str,
         headers: HeaderMap,
+        ticket: &mut Ticket<'_>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let what = format!("{method} {path}");
         if method != Method::GET && method != Method::HEAD {
@@ -84,16 +106,27 @@ impl Upstream {
                 .await
             {
                 Ok(r) => r,
-                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(upstream = %self.cfg.name, request = %what, attempt, error = %e, "retrying");
-                    backoff(attempt).await;
-                    attempt += 1;
-                    continue;
+                Err(e) if counts_against(&e) => {
+                    let may_retry = self.health.record(ticket, Outcome::Failed(&e));
+                    let retryable = matches!(
+                        e,
+                        UpstreamError::Connect { .. } | UpstreamError::Request { .. }
+                    );
+                    if may_retry && retryable && attempt < MAX_ATTEMPTS {
+                        tracing::debug!(upstream = %self.cfg.name, request = %what, attempt, error = %e, "retrying");
+                        backoff(attempt).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(e);
                 }
                 Err(e) => return Err(e),
             };
             self.record_ratelimit(resp.headers());
             let status = resp.status();
+            if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+                self.health.record(ticket, Outcome::Answered);
+            }
             if status.is_success() || status == StatusCode::NOT_MODIFIED {
                 let mut resp = resp;
                 resp.extensions_mut().insert(Sent(what));
@@ -129,6 +162,14 @@ impl Upstream {
                 StatusCode::TOO_MANY_REQUESTS => {
                     let retry_after = retry_after(resp.headers());
                     self.drain(resp, &what).await;
+                    let cause = UpstreamError::TooManyRequests {
+                        upstream: self.cfg.name.clone(),
+                        what: what.clone(),
+                        retry_after,
+                    }
+                    .to_string();
+                    self.health
+                        .record(ticket, Outcome::TooMany(retry_after, &cause));
                     match retry_after {
                         Some(d) if d <= SHORT_RETRY_AFTER && !waited => {
                             tracing::debug!(upstream = %self.cfg.name, request = %what, wait = ?d, "429, waiting");
@@ -136,21 +177,29 @@ impl Upstream {
                             tokio::time::sleep(d).await;
                         }
                         _ => {
+                            // Without a Retry-After the health chose the wait.
+                            let retry_after = retry_after.or_else(|| self.health.retry_after(repo));
                             return Err(UpstreamError::TooManyRequests {
                                 upstream: self.cfg.name.clone(),
                                 what,
                                 retry_after,
-                            })
+                            });
                         }
                     }
                 }
-                StatusCode::BAD_GATEWAY
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::GATEWAY_TIMEOUT
-                    if attempt < MAX_ATTEMPTS =>
-                {
+                s if s.is_server_error() => {
+                    let e = self.status_error(resp, what.clone(), None).await;
+                    let may_retry = self.health.record(ticket, Outcome::Failed(&e));
+                    let transient = matches!(
+                        s,
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    if !(transient && may_retry && attempt < MAX_ATTEMPTS) {
+                        return Err(e);
+                    }
                     tracing::debug!(upstream = %self.cfg.name, request = %what, attempt, %status, "retrying");
-                    self.drain(resp, &what).await;
                     backoff(attempt).await;
                     attempt += 1;
                 }
@@ -332,10 +381,16 @@ impl Upstream {
     }
 }
 
-fn retryable(e: &UpstreamError) -> bool {
+/// Failures of an attempt that say the upstream is unwell (recorded in its health). Only
+/// `Connect` and `Request` (a refused or broken connection) are worth a retry; a TLS
+/// failure or a timeout would fail the same way again.
+fn counts_against(e: &UpstreamError) -> bool {
     matches!(
         e,
-        UpstreamError::Connect { .. } | UpstreamError::Request { .. }
+        UpstreamError::Connect { .. }
+            | UpstreamError::Request { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Timeout { .. }
     )
 }
 

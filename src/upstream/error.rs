@@ -2,6 +2,7 @@
 //! let a caller serve stale content (`is_unavailable`) or pass the upstream's 4xx on.
 //! Messages name the upstream and the request and never carry credentials or tokens.
 
+use super::health::State;
 use crate::oci::ErrorCode;
 use http::StatusCode;
 use std::time::Duration;
@@ -105,6 +106,17 @@ pub enum UpstreamError {
         status: Option<StatusCode>,
         code: Option<ErrorCode>,
     },
+    /// Not sent: the upstream (or, with `rate_limit_scope = "repository"`, the
+    /// repository) is rate-limited, or the upstream is down (its circuit is open).
+    #[error("upstream {upstream}: {what}: not sent: {}{}", refused(*state, *retry_after), last_error(cause))]
+    Refused {
+        upstream: String,
+        what: String,
+        state: State,
+        retry_after: Duration,
+        /// The failure that put the upstream in this state.
+        cause: String,
+    },
     /// A body stopped before its end (connection closed, reset, bad framing).
     #[error("upstream {upstream}: {what}: body broke off: {message}")]
     Body {
@@ -132,6 +144,24 @@ fn retry_hint(retry_after: Option<Duration>) -> String {
     }
 }
 
+fn refused(state: State, retry_after: Duration) -> String {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    match state {
+        State::RateLimited => format!("rate-limited for another {}s", secs.max(1)),
+        State::HalfOpen => "down, a probe is in flight".to_string(),
+        State::Open | State::Healthy => {
+            format!("down, next probe in {}s", secs.max(1))
+        }
+    }
+}
+
+fn last_error(cause: &str) -> String {
+    match cause {
+        "" => String::new(),
+        c => format!(" (last error: {c})"),
+    }
+}
+
 impl UpstreamError {
     /// True when the upstream is unreachable, timed out, answered 5xx or 429, or a body
     /// broke off: callers may serve stale content.
@@ -142,6 +172,7 @@ impl UpstreamError {
             | UpstreamError::Request { .. }
             | UpstreamError::Timeout { .. }
             | UpstreamError::TooManyRequests { .. }
+            | UpstreamError::Refused { .. }
             | UpstreamError::Body { .. } => true,
             UpstreamError::Status { status, .. } => status.is_server_error(),
             UpstreamError::Config { .. }
@@ -165,8 +196,34 @@ impl UpstreamError {
         match self {
             UpstreamError::Status { code, .. } | UpstreamError::Auth { code, .. } => *code,
             UpstreamError::TooManyRequests { .. } => Some(ErrorCode::Toomanyrequests),
+            UpstreamError::Refused {
+                state: State::RateLimited,
+                ..
+            } => Some(ErrorCode::Toomanyrequests),
             _ => None,
         }
+    }
+
+    /// When the client may ask again: a 429's `Retry-After`, or the time left of a
+    /// rate-limit wait or an open circuit this request was refused by.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::TooManyRequests { retry_after, .. } => *retry_after,
+            UpstreamError::Refused { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// A 429 from the upstream, or a request refused while it is rate-limited.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::TooManyRequests { .. }
+                | UpstreamError::Refused {
+                    state: State::RateLimited,
+                    ..
+                }
+        )
     }
 }
 
@@ -214,6 +271,38 @@ mod tests {
         );
         assert!(e.is_unavailable());
         assert_eq!(e.status(), None);
+    }
+
+    #[test]
+    fn refusals_say_why_and_when() {
+        let e = UpstreamError::Refused {
+            upstream: "docker.io".into(),
+            what: "GET /v2/a/manifests/1".into(),
+            state: State::Open,
+            retry_after: Duration::from_millis(1500),
+            cause: "upstream docker.io: GET /v2/b/manifests/2: cannot connect: connection refused"
+                .into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "upstream docker.io: GET /v2/a/manifests/1: not sent: down, next probe in 2s (last error: upstream docker.io: GET /v2/b/manifests/2: cannot connect: connection refused)"
+        );
+        assert!(e.is_unavailable());
+        assert!(!e.is_rate_limited());
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
+        let e = UpstreamError::Refused {
+            upstream: "docker.io".into(),
+            what: "GET /v2/a/manifests/1".into(),
+            state: State::RateLimited,
+            retry_after: Duration::from_secs(30),
+            cause: String::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "upstream docker.io: GET /v2/a/manifests/1: not sent: rate-limited for another 30s"
+        );
+        assert!(e.is_rate_limited());
+        assert_eq!(e.code(), Some(ErrorCode::Toomanyrequests));
     }
 
     #[test]

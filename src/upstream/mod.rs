@@ -3,6 +3,7 @@
 //! token auth, retries and timeouts.
 //!
 //! - `client`: `send` (retries, 429, redirects, 401 handling) and the first-byte timeout
+//! - `health`: healthy / rate-limited / open circuit / half-open, consulted before sending
 //! - `auth` + `challenge`: credentials, `WWW-Authenticate` parsing, the token cache
 //! - `token`: fetching a token from a realm
 //! - `body`: response bodies as streams with the idle timeout
@@ -15,6 +16,7 @@ mod body;
 pub mod challenge;
 mod client;
 mod error;
+pub mod health;
 mod tls;
 mod token;
 mod wire;
@@ -49,6 +51,8 @@ pub struct Upstream {
     https: bool,
     /// `max_bandwidth`, shared by every body read from this upstream.
     bandwidth: Option<std::sync::Arc<Bandwidth>>,
+    /// Rate limits and the circuit breaker, consulted before each request.
+    health: health::Health,
 }
 
 impl Upstream {
@@ -79,6 +83,7 @@ impl Upstream {
         let permits = cfg.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         Ok(Upstream {
             auth: auth::Auth::new(&cfg),
+            health: health::Health::new(&cfg.name, cfg.rate_limit_scope),
             permits: Semaphore::new(permits),
             client,
             ratelimit_remaining: AtomicU64::new(NO_RATELIMIT),
@@ -104,6 +109,11 @@ impl Upstream {
             NO_RATELIMIT => None,
             n => Some(n),
         }
+    }
+
+    /// The upstream's health: its state, and when it may be asked again.
+    pub fn health(&self) -> &health::Health {
+        &self.health
     }
 
     /// Token fetches so far (for tests and metrics).

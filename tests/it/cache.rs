@@ -177,6 +177,9 @@ async fn fill_past_the_cap(policy: Policy) {
         }
     }
     fake.set(|s| s.server_errors = 0);
+    // The failures marked the upstream down: come back after its Retry-After, as clients do.
+    let path = format!("/v2/{}/manifests/latest", cold[0].repo);
+    crate::upstream_health::get_after_retry_after(&http, &path).await;
     // Evicted images are fetched again from the upstream and pull fine.
     let before = fake.blob_gets(&cold[0].blobs[1]);
     pull(&http, &cold[0]).await;

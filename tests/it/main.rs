@@ -27,3 +27,4 @@ mod search;
 mod sendfile;
 mod tls;
 mod upstream;
+mod upstream_health;

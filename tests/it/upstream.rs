@@ -234,16 +234,17 @@ async fn second_401_is_an_auth_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_error_burst_is_retried() {
+async fn server_errors_are_retried_once_then_open_the_circuit() {
     let fake = FakeUpstream::start();
     let path = with_manifest(&fake);
     let up = upstream(&fake.url(), |_| {});
-    fake.set(|s| s.server_errors = 2);
+    // The first failure in a row is retried once.
+    fake.set(|s| s.server_errors = 1);
     assert_eq!(
-        get(&up, &path).await.expect("third attempt").status(),
+        get(&up, &path).await.expect("second attempt").status(),
         StatusCode::OK
     );
-    assert_eq!(fake.hits("GET", &path), 3);
+    assert_eq!(fake.hits("GET", &path), 2);
 
     fake.set(|s| {
         s.server_errors = 10;
@@ -251,7 +252,7 @@ async fn server_error_burst_is_retried() {
     });
     let started = Instant::now();
     let e = get(&up, &path).await.expect_err("gives up");
-    assert_eq!(fake.hits("GET", &path), 6, "at most 3 attempts");
+    assert_eq!(fake.hits("GET", &path), 4, "at most 2 attempts");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -259,15 +260,27 @@ async fn server_error_burst_is_retried() {
     );
     assert!(e.is_unavailable() && e.status().is_none(), "{e:?}");
     assert!(e.to_string().contains("502 Bad Gateway"), "{e}");
+    // The third failure in a row is not retried and opens the circuit: then nothing
+    // is sent until the backoff passes.
+    get(&up, &path).await.expect_err("third failure");
+    assert_eq!(fake.hits("GET", &path), 5);
+    let e = get(&up, &path).await.expect_err("refused");
+    assert!(matches!(e, UpstreamError::Refused { .. }), "{e:?}");
+    assert!(e.is_unavailable());
+    assert!(e.to_string().contains("502 Bad Gateway"), "the cause: {e}");
+    assert_eq!(fake.hits("GET", &path), 5);
 
     // Other 5xx are not retried.
+    let fake = FakeUpstream::start();
+    let path = with_manifest(&fake);
+    let up = upstream(&fake.url(), |_| {});
     fake.set(|s| {
         s.server_errors = 1;
         s.server_error_status = Some(StatusCode::INTERNAL_SERVER_ERROR);
     });
     let e = get(&up, &path).await.expect_err("500");
     assert!(e.is_unavailable());
-    assert_eq!(fake.hits("GET", &path), 7);
+    assert_eq!(fake.hits("GET", &path), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

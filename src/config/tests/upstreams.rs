@@ -174,6 +174,7 @@ upstreams."ghcr.io".max_stale = "7"                   => key upstreams."ghcr.io"
 upstreams."ghcr.io".connect_timeout = "0ms"           => key upstreams."ghcr.io".connect_timeout: must be greater than 0
 upstreams."ghcr.io".first_byte_timeout = "x"          => key upstreams."ghcr.io".first_byte_timeout: invalid duration "x": expected a number and a unit, e.g. "24h"
 upstreams."ghcr.io".idle_timeout = "1y"               => key upstreams."ghcr.io".idle_timeout: invalid duration "1y": unknown unit "y" (use ms, s, m, h, d, w)
+upstreams."ghcr.io".rate_limit_scope = "repo"         => key upstreams."ghcr.io".rate_limit_scope: expected "upstream" or "repository", found "repo"
 upstreams."docker.io".max_concurrency = 0             => key upstreams."docker.io".max_concurrency: must be at least 1, found 0
 upstreams."docker.io".max_concurrency = "8"           => key upstreams."docker.io".max_concurrency: expected integer, found string
 upstreams."docker.io".immutable_tags = ["^v\\d+$", "^v(\\d+$"] => key upstreams."docker.io".immutable_tags[1]: invalid regex "^v(\\d+$": unclosed group

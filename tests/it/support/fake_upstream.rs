@@ -1,6 +1,6 @@
 //! `FakeUpstream`: a fault-injecting OCI registry on 127.0.0.1:0 for what a real one will
 //! not do on demand (wrong bytes, truncated or stalled bodies, 429/5xx bursts, 401
-//! challenges, ignored ranges), with hit counters. It runs on its own runtime thread, so
+//! challenges, ignored ranges, a black hole), with hit counters. It runs on its own runtime thread, so
 //! sync and async tests can both use it, and stops when dropped.
 
 use agent_registry::oci::Digest;
@@ -70,6 +70,8 @@ pub struct Switches {
     pub pace: Option<usize>,
     /// Sent as `ratelimit-remaining` on every response.
     pub ratelimit_remaining: Option<String>,
+    /// A black hole: read each request (counted in the hits) and never answer.
+    pub black_hole: bool,
 }
 
 #[derive(Default)]
@@ -241,6 +243,9 @@ async fn handle(st: Arc<State>, addr: SocketAddr, req: Request<Incoming>) -> Res
         *lock(&st.blob_gets).entry(d.clone()).or_default() += 1;
     }
     let sw = lock(&st.switches).clone();
+    if sw.black_hole {
+        std::future::pending::<()>().await;
+    }
     if let Some(d) = sw.stall_head {
         tokio::time::sleep(d).await;
     }

@@ -47,6 +47,8 @@ const MAX_RESUMES: u32 = 3;
 pub const RELAY_WINDOW: u64 = 8 << 20;
 /// How long a relay waits for a slow reader before leaving it behind.
 pub const RELAY_WAIT: Duration = Duration::from_secs(10);
+/// Why a relay stopped: every reader left (not a fault; not logged).
+const ABANDONED: &str = "every reader left the stream-through";
 /// Repeats of one warning (kind, digest) within this window are counted, not logged.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -132,6 +134,8 @@ pub struct Progress {
 /// every reader's position.
 #[derive(Default)]
 struct Relay {
+    /// A reader registered once (so a relay whose readers all left is abandoned).
+    had_readers: bool,
     /// (offset, bytes), contiguous, ending at the fill's `written`.
     chunks: VecDeque<(u64, Bytes)>,
     /// The first offset still held.
@@ -350,6 +354,9 @@ pub fn stream_through(upstream: &str, repo: &str, digest: &Digest, why: &str, si
 /// broke off for good after its resumes. Missing blobs are the upstream's answer, not
 /// a fault.
 fn failed(upstream: &str, repo: &str, digest: &Digest, e: &FillError) {
+    if e.message == ABANDONED {
+        return;
+    }
     let kind = match e.kind {
         FillErrorKind::Mismatch => "digest_mismatch",
         FillErrorKind::Unavailable => "fill_failed",
@@ -575,6 +582,17 @@ async fn run(
                             }
                             if relaying {
                                 fill.wait_for_readers().await;
+                                if fill.abandoned() {
+                                    // Nothing is kept and nobody reads: stop fetching.
+                                    let b = Batch {
+                                        end: Some(Err(FillError::new(
+                                            FillErrorKind::Unavailable,
+                                            ABANDONED,
+                                        ))),
+                                        ..Batch::default()
+                                    };
+                                    return Some((b, Duration::ZERO));
+                                }
                             }
                             Some(recv(&mut stream, left).await)
                         };
@@ -629,6 +647,7 @@ async fn run(
         };
         match broke {
             None => break,
+            Some(e) if e.message == ABANDONED => return Err(e),
             Some(e) if e.kind == FillErrorKind::Unavailable => {
                 // The stall that broke the body took its own (idle) timeout; from here
                 // on every resume draws on one shared budget.
@@ -741,6 +760,12 @@ impl Fill {
         self.progress.borrow().relay_from.is_some()
     }
 
+    /// A relay whose readers have all gone (it keeps nothing, so it has no use).
+    fn abandoned(&self) -> bool {
+        let r = self.lock_relay();
+        r.had_readers && r.readers.is_empty()
+    }
+
     /// Appends received bytes to the relay (the disk is not used from `at` on).
     fn relay_push(&self, at: u64, chunks: Vec<Bytes>) {
         let mut r = self.lock_relay();
@@ -772,7 +797,9 @@ impl Fill {
                     return;
                 }
                 if tokio::time::Instant::now() >= deadline {
+                    // Left behind: their next read finds their bytes gone (an error).
                     let floor = r.end.saturating_sub(RELAY_WINDOW);
+                    r.readers.retain(|_, pos| *pos >= floor);
                     r.trim(floor);
                     return;
                 }
@@ -822,6 +849,7 @@ impl Fill {
             let id = r.next_id;
             r.next_id += 1;
             r.readers.insert(id, start);
+            r.had_readers = true;
             Seat {
                 fill: self.clone(),
                 id,
@@ -1109,5 +1137,85 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the fill did not complete after its only reader left");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_streams_from_memory_and_refuses_a_start_it_no_longer_holds() {
+        let (dir, storage, fills) = setup();
+        let bytes = data(20 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, probe) = source(bytes.clone(), None, false);
+        let opts = FillOpts {
+            relay: Some("test"),
+            ..FillOpts::default()
+        };
+        let (fill, started) = fills
+            .join(&storage, &digest, "up", src, opts)
+            .await
+            .unwrap();
+        assert!(started && fill.relaying());
+        fill.started().await.unwrap();
+        let mut r = Box::pin(fill.reader(0, None).expect("the start is held"));
+        let mut got = Vec::new();
+        while got.len() < 12 << 20 {
+            got.extend_from_slice(&r.next().await.unwrap().unwrap());
+        }
+        // The only reader is past 12 MiB: the relay let go of the start.
+        assert!(fill.reader(0, None).is_none());
+        // A part still ahead is joined.
+        let tail = (bytes.len() - 1000) as u64;
+        let part = read_all(&fill, tail, None).await.unwrap();
+        assert_eq!(part, bytes[tail as usize..]);
+        while let Some(c) = r.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, bytes);
+        assert_eq!(probe.calls.lock().unwrap().as_slice(), &[0]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(fills.is_empty());
+        assert_eq!(
+            storage.blobs.stat(&digest).await.unwrap(),
+            None,
+            "nothing kept"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_holds_its_readers_pace_within_the_window() {
+        let (_dir, storage, fills) = setup();
+        let bytes = data(24 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, _) = source(bytes.clone(), None, false);
+        let opts = FillOpts {
+            relay: Some("test"),
+            ..FillOpts::default()
+        };
+        let (fill, _) = fills
+            .join(&storage, &digest, "up", src, opts)
+            .await
+            .unwrap();
+        fill.started().await.unwrap();
+        let mut r = Box::pin(fill.reader(0, None).expect("held"));
+        let first = r.next().await.unwrap().unwrap();
+        // The reader pauses: the relay waits for it instead of running ahead.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (held, end) = {
+            let rl = fill.lock_relay();
+            (
+                rl.chunks.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+                rl.end,
+            )
+        };
+        assert!(end < 12 << 20, "ran ahead to {end}");
+        assert!(held <= RELAY_WINDOW + (2 << 20), "holds {held}");
+        let mut got = first.to_vec();
+        while let Some(c) = r.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, bytes);
     }
 }

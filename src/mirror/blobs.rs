@@ -78,6 +78,11 @@ pub async fn get(
     } else {
         None
     };
+    if relay.is_some() && headers.contains_key(header::RANGE) && app.fills.get(&digest).is_none() {
+        // A part of a blob that is not kept: asked of the upstream as a part.
+        ctx.cache = CacheStatus::Bypass;
+        return bypass(p, &digest, headers, head).await;
+    }
     let opts = FillOpts {
         resume_budget: p.upstream.config().idle_timeout,
         relay,

@@ -285,7 +285,9 @@ impl Fills {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&f.digest);
-            crate::metrics::fill_finished(outcome.as_ref().err().map(|e| e.kind));
+            // A relay its readers all left is not a failure.
+            let failure = outcome.as_ref().err().filter(|e| e.message != ABANDONED);
+            crate::metrics::fill_finished(failure.map(|e| e.kind));
             tx.send_modify(|p| {
                 if p.outcome.is_none() {
                     p.outcome = Some(outcome);
@@ -423,7 +425,10 @@ async fn recv(
             let b = Batch {
                 end: Some(Err(FillError::new(
                     FillErrorKind::Unavailable,
-                    format!("no bytes within the resume budget ({left:?} left)"),
+                    format!(
+                        "no bytes for {} ms, the rest of the resume budget",
+                        left.as_millis()
+                    ),
                 ))),
                 ..Batch::default()
             };
@@ -514,7 +519,10 @@ async fn run(
                 Ok(r) => r,
                 Err(_) => Err(FillError::new(
                     FillErrorKind::Unavailable,
-                    format!("resume not answered within the resume budget ({l:?} left)"),
+                    format!(
+                        "resume not answered within {} ms, the rest of the resume budget",
+                        l.as_millis()
+                    ),
                 )),
             },
         };
@@ -656,9 +664,9 @@ async fn run(
                     return Err(FillError::new(
                         FillErrorKind::Unavailable,
                         format!(
-                            "blob {digest}: upstream stopped sending at {written} of {} bytes and {resumes} resumes within {:?} did not complete it: {e}",
+                            "blob {digest}: upstream stopped sending at {written} of {} bytes; gave up after {resumes} resume(s) within the resume budget of {} ms: {e}",
                             total.map_or_else(|| "?".to_string(), |t| t.to_string()),
-                            opts.resume_budget
+                            opts.resume_budget.as_millis()
                         ),
                     ));
                 }

@@ -391,4 +391,7 @@ async fn fill_failures_and_stream_throughs_are_one_rate_limited_warning_each() {
         }
     }
     assert!(p.warnings("larger than the room in the cache cap").len() == 1);
+    if std::env::var("SHOW_FILL_LOG").is_ok() {
+        eprintln!("{}", p.log());
+    }
 }

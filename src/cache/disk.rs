@@ -114,7 +114,17 @@ impl Drop for Reservation {
 /// Room for a fill: its share of the cap and of the filesystem's free space.
 pub struct Room {
     pub reservation: Reservation,
-    _space: Space,
+    space: Space,
+}
+
+impl Room {
+    /// `n` bytes of the object were written: the filesystem's free space counts them
+    /// now, so they no longer need holding.
+    pub fn landed(&mut self, n: u64) {
+        let n = n.min(self.space.size);
+        self.space.size -= n;
+        self.space.tier.write.release(n);
+    }
 }
 
 /// Bytes of the filesystem's free space held for a fill in flight; released on drop.
@@ -334,7 +344,7 @@ impl DiskTier {
                 Ok(()) => {
                     return Ok(Room {
                         reservation,
-                        _space: Space {
+                        space: Space {
                             tier: self.clone(),
                             size,
                         },

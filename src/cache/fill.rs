@@ -627,6 +627,9 @@ async fn run(
                             stream_through(origin, &opts.repo, digest, &why, total);
                         }
                         written = at + len as u64;
+                        if let Some(r) = room.as_mut() {
+                            r.landed(len as u64);
+                        }
                         if let Some((f, dead)) = following {
                             next = f;
                             charge(&mut left, dead);
@@ -1225,5 +1228,37 @@ mod tests {
             got.extend_from_slice(&c.unwrap());
         }
         assert_eq!(got, bytes);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_leaves_a_stuck_reader_behind_after_the_wait() {
+        let (_dir, storage, fills) = setup();
+        let bytes = data(24 << 20);
+        let digest = Digest::sha256_of(&bytes);
+        let (src, _) = source(bytes.clone(), None, false);
+        let opts = FillOpts {
+            relay: Some("test"),
+            ..FillOpts::default()
+        };
+        let (fill, _) = fills
+            .join(&storage, &digest, "up", src, opts)
+            .await
+            .unwrap();
+        fill.started().await.unwrap();
+        let mut stuck = Box::pin(fill.reader(0, None).expect("held"));
+        stuck.next().await.unwrap().unwrap();
+        // The other reader gets everything, once the relay stops waiting for the stuck one.
+        let t0 = std::time::Instant::now();
+        assert_eq!(read_all(&fill, 0, None).await.unwrap(), bytes);
+        assert!(t0.elapsed() >= RELAY_WAIT - Duration::from_secs(1));
+        // The stuck one finds its bytes gone: an error, never a short body.
+        let mut failed = false;
+        while let Some(c) = stuck.next().await {
+            if c.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "a reader left behind ends with an error");
     }
 }

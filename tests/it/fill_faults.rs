@@ -139,15 +139,32 @@ async fn a_blob_larger_than_the_free_space_streams_through_and_a_small_one_after
     let http = Http::new(&srv.host());
     let big = fake.add_blob("library/disk", random(16 * MIB, 13));
     let small = fake.add_blob("library/disk", random(MIB, 14));
-    let r = http
-        .get_hashed(&format!("/v2/disk/blobs/{big}"), &[])
-        .await
-        .expect("the oversize blob streams through");
-    assert_eq!(r.digest, big);
+    // Four clients at once (the body waits a moment after the head, so all of them are
+    // there before the first byte): one upstream fetch, relayed to all four.
+    fake.set(|s| s.stall_after = Some((0, Duration::from_millis(300))));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, path) = (Http::new(&srv.host()), format!("/v2/disk/blobs/{big}"));
+            tokio::spawn(async move { http.get_hashed(&path, &[]).await })
+        })
+        .collect();
+    for c in clients {
+        let r = c
+            .await
+            .expect("task")
+            .expect("the oversize blob streams through");
+        assert_eq!(r.digest, big);
+        assert_eq!(
+            r.headers.get("x-cache").and_then(|v| v.to_str().ok()),
+            Some("bypass")
+        );
+    }
     assert_eq!(
-        r.headers.get("x-cache").and_then(|v| v.to_str().ok()),
-        Some("bypass")
+        fake.blob_gets(&big),
+        1,
+        "4 clients of a stream-through, one GET"
     );
+    fake.set(|s| s.stall_after = None);
     fills_done(&srv).await;
     assert!(!on_disk(&srv, &big));
     assert_eq!(

@@ -111,6 +111,52 @@ impl Drop for Reservation {
     }
 }
 
+/// Room for a fill: its share of the cap and of the filesystem's free space.
+pub struct Room {
+    pub reservation: Reservation,
+    space: Space,
+}
+
+impl Room {
+    /// `n` bytes of the object were written: the filesystem's free space counts them
+    /// now, so they no longer need holding.
+    pub fn landed(&mut self, n: u64) {
+        let n = n.min(self.space.size);
+        self.space.size -= n;
+        self.space.tier.write.release(n);
+    }
+}
+
+/// Bytes of the filesystem's free space held for a fill in flight; released on drop.
+struct Space {
+    tier: Arc<DiskTier>,
+    size: u64,
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        self.tier.write.release(self.size);
+    }
+}
+
+/// Why an object gets no room in the cache (it streams through instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoom {
+    /// Larger than `cache.max_size`, or everything evictable is in use.
+    Cap,
+    /// The filesystem has not that much free, even after evicting what may go.
+    Disk,
+}
+
+impl NoRoom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoRoom::Cap => "larger than the room in the cache cap",
+            NoRoom::Disk => "larger than the free disk space",
+        }
+    }
+}
+
 type Loaded = (
     Vec<(Digest, Obj, u8)>,
     Vec<(Digest, Digest)>,
@@ -285,6 +331,36 @@ impl DiskTier {
             tier: self.clone(),
             size,
         })
+    }
+
+    /// Room for an object of `size` bytes: reserved under the cap (evicting as needed)
+    /// and against the filesystem's free space (minus what other fills reserved), where
+    /// cached objects are evicted too when the disk is short. Refused: this object does
+    /// not fit; caching stays on for everything else.
+    pub async fn reserve_room(self: &Arc<Self>, size: u64) -> Result<Room, NoRoom> {
+        let reservation = self.reserve(size).await.ok_or(NoRoom::Cap)?;
+        for _ in 0..3 {
+            let short = match self.write.claim(size) {
+                Ok(()) => {
+                    return Ok(Room {
+                        reservation,
+                        space: Space {
+                            tier: self.clone(),
+                            size,
+                        },
+                    })
+                }
+                Err(short) => short,
+            };
+            // The disk is shorter than the cap: make room on it from the cache.
+            let mut victims = Vec::new();
+            let freed = self.lock().evict_bytes(short, &mut victims);
+            self.delete(victims).await;
+            if freed == 0 {
+                break;
+            }
+        }
+        Err(NoRoom::Disk)
     }
 
     /// Records a committed object (in the reservation made for it). `refs`: what a

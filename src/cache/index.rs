@@ -152,4 +152,25 @@ impl Index {
         }
         true
     }
+
+    /// Evicts roots in policy order until they freed at least `bytes` (files of other
+    /// filesystems' users cannot be counted: the caller measures the free space again).
+    /// Returns the bytes the victims weighed.
+    pub(super) fn evict_bytes(&mut self, bytes: u64, out: &mut Vec<(Digest, ObjKind)>) -> u64 {
+        let before = self.used;
+        while before.saturating_sub(self.used) < bytes {
+            let victim = {
+                let (pins, refs) = (&self.pins, &self.refs);
+                let ok = |d: &Digest| {
+                    pins.get(d).copied().unwrap_or(0) == 0 && refs.get(d).copied().unwrap_or(0) == 0
+                };
+                self.order.evict(&ok)
+            };
+            match victim {
+                Some(v) => self.remove_cascade(&v, out),
+                None => break,
+            }
+        }
+        before.saturating_sub(self.used)
+    }
 }

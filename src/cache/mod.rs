@@ -12,4 +12,4 @@ pub mod policy;
 pub mod write_state;
 
 pub use disk::{DiskTier, ObjKind, Pin, Reservation, Stats};
-pub use fill::{Fill, FillError, FillErrorKind, Fills, Opened, Progress, Source};
+pub use fill::{Fill, FillError, FillErrorKind, FillOpts, Fills, Opened, Progress, Source};

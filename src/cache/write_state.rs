@@ -1,13 +1,18 @@
-//! Whether the cache may write: a full disk (ENOSPC, EDQUOT) or a read-only or
-//! unwritable cache directory (EROFS, EACCES, EPERM) turns caching off, said once in the
-//! log and in `agent_registry_cache_write_disabled`; requests stream through meanwhile.
-//! Every few seconds a request probes (free space and a test write in `tmp/`) and
-//! caching resumes by itself when the probe succeeds.
+//! Whether the cache may write: a disk that is really full (ENOSPC or EDQUOT on a write
+//! whose room was reserved) or a read-only or unwritable cache directory (EROFS, EACCES,
+//! EPERM) turns caching off, said once in the log and in
+//! `agent_registry_cache_write_disabled`; requests stream through meanwhile. Every few
+//! seconds a request probes (free space and a test write in `tmp/`) and caching resumes
+//! by itself when the probe succeeds.
+//!
+//! An object that merely does not fit never turns caching off: fills reserve their
+//! length against the filesystem's free space here ([`WriteState::claim`], minus what
+//! other fills in flight reserved), and one that does not fit streams through alone.
 
 use crate::storage::Storage;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,8 +23,8 @@ const MIN_FREE: u64 = 1 << 20;
 
 pub struct WriteState {
     disabled: AtomicBool,
-    /// Free bytes the probe wants before writes resume (the blob that did not fit).
-    needed: AtomicU64,
+    /// Bytes reserved on the filesystem by fills in flight (not yet written in full).
+    claimed: Mutex<u64>,
     last_probe: Mutex<Instant>,
     tmp: PathBuf,
 }
@@ -46,7 +51,7 @@ impl WriteState {
     pub fn new(storage: &Storage) -> WriteState {
         WriteState {
             disabled: AtomicBool::new(false),
-            needed: AtomicU64::new(MIN_FREE),
+            claimed: Mutex::new(0),
             last_probe: Mutex::new(Instant::now()),
             tmp: storage.blobs.tmp_dir().to_path_buf(),
         }
@@ -77,7 +82,7 @@ impl WriteState {
 
     fn probe(&self) -> io::Result<()> {
         let space = crate::metrics::fs_space(&self.tmp)?;
-        if space.free_bytes < self.needed.load(Ordering::SeqCst).max(MIN_FREE) {
+        if space.free_bytes < MIN_FREE {
             return Err(io::Error::other("no free space"));
         }
         let path = self.tmp.join(format!("probe-{}", uuid::Uuid::new_v4()));
@@ -86,18 +91,29 @@ impl WriteState {
         r
     }
 
-    /// Whether the filesystem has room for `size` more bytes (and a margin). If not, the
-    /// cache stops writing until that much is free again.
-    pub fn has_room(&self, size: u64) -> bool {
-        let want = size.saturating_add(MIN_FREE);
-        match crate::metrics::fs_space(&self.tmp) {
-            Ok(s) if s.free_bytes < want => {
-                self.needed.store(want, Ordering::SeqCst);
-                self.failed(&io::Error::from(io::ErrorKind::StorageFull));
-                false
-            }
-            _ => true,
+    /// Reserves `size` bytes of the filesystem's free space (keeping a margin, and minus
+    /// what other fills in flight reserved). `Err(short)`: how many bytes are missing;
+    /// nothing is reserved then, and caching stays on for whatever fits. Give the bytes
+    /// back with [`WriteState::release`].
+    pub fn claim(&self, size: u64) -> Result<(), u64> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        let free = match crate::metrics::fs_space(&self.tmp) {
+            Ok(s) => s.free_bytes,
+            // Unknown: the write itself will tell.
+            Err(_) => u64::MAX,
+        };
+        let want = size.saturating_add(MIN_FREE).saturating_add(*claimed);
+        if free < want {
+            return Err(want - free);
         }
+        *claimed += size;
+        Ok(())
+    }
+
+    /// Gives back bytes reserved with [`WriteState::claim`].
+    pub fn release(&self, size: u64) {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        *claimed = claimed.saturating_sub(size);
     }
 
     /// Reports a failed cache write. Returns true if it means the cache cannot write,
@@ -107,9 +123,6 @@ impl WriteState {
             return false;
         }
         *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        if e.kind() != io::ErrorKind::StorageFull || e.raw_os_error().is_some() {
-            self.needed.store(MIN_FREE, Ordering::SeqCst);
-        }
         if !self.disabled.swap(true, Ordering::SeqCst) {
             tracing::warn!(error = %e, "cache writes disabled: serving through without caching until the cache directory is writable again");
             crate::metrics::cache_write_disabled(true);

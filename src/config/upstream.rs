@@ -91,7 +91,8 @@ pub struct UpstreamConfig {
     pub max_bandwidth: Option<u64>,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
-    /// Longest pause inside a body.
+    /// Longest pause inside a body. A blob fill's Range resumes after such a pause
+    /// share one more `idle_timeout` of dead time in all (`cache::fill`).
     pub idle_timeout: Duration,
     /// What a 429 from this upstream holds back: the upstream or the repository.
     pub rate_limit_scope: RateLimitScope,

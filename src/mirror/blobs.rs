@@ -3,12 +3,14 @@
 //! eviction while it streams. A missing one joins the single-flight fill of its digest:
 //! the first client starts it, every other client (Range requests included) reads the
 //! same in-progress fill as bytes arrive, and the bytes are committed only if they match.
-//! With layer caching off, or while the cache cannot write (full disk, read-only
-//! directory), blobs stream straight through from the upstream (`bypass`), verified.
+//! With layer caching off, while the cache cannot write (full disk, read-only
+//! directory), or for a blob that gets no room, the fill relays from memory instead of
+//! the disk (still one upstream fetch for every concurrent client); a client that joins
+//! a relay after it moved past its start streams on its own (`bypass`), verified.
 
 use super::{upstream_blob_error, Proxy};
 use crate::app::{App, CacheStatus, Ctx};
-use crate::cache::{FillError, FillErrorKind, Opened, Source};
+use crate::cache::{FillError, FillErrorKind, FillOpts, Opened, Source};
 use crate::error::{Error, Result};
 use crate::metrics::Source as Served;
 use crate::oci::{Digest, ErrorCode};
@@ -66,21 +68,32 @@ pub async fn get(
         ctx.cache = CacheStatus::Bypass;
         return head_upstream(p, &digest).await;
     }
-    if !layers || !app.cache.write.writable() {
+    // With layer caching off, or while the cache cannot write, the blob streams through
+    // (a relay in memory), still one upstream fetch for all its concurrent clients.
+    let relay = if !layers {
+        Some("layer caching is off")
+    } else if !app.cache.write.writable() {
+        crate::cache::fill::stream_through(up, &p.repo, &digest, "the cache cannot write", None);
+        Some("the cache cannot write")
+    } else {
+        None
+    };
+    if relay.is_some() && headers.contains_key(header::RANGE) && app.fills.get(&digest).is_none() {
+        // A part of a blob that is not kept: asked of the upstream as a part.
         ctx.cache = CacheStatus::Bypass;
         return bypass(p, &digest, headers, head).await;
     }
+    let opts = FillOpts {
+        resume_budget: p.upstream.config().idle_timeout,
+        relay,
+        repo: p.repo.clone(),
+    };
     let (fill, started) = match app
         .fills
-        .join(&app.storage, &digest, up, source(p, &digest))
+        .join(&app.storage, &digest, up, source(p, &digest), opts)
         .await
     {
         Ok(f) => f,
-        // The temp file could not be made: the cache cannot write; stream through.
-        Err(e) if e.kind == FillErrorKind::Internal && !app.cache.write.writable() => {
-            ctx.cache = CacheStatus::Bypass;
-            return bypass(p, &digest, headers, head).await;
-        }
         Err(e) => return Err(fill_error(p, &digest, e)),
     };
     if !started && &*fill.origin != up && !app.cache.origins.has(up, &digest) {
@@ -92,18 +105,20 @@ pub async fn get(
     } else {
         CacheStatus::Coalesced
     };
-    let total = match fill.started().await {
-        Ok(t) => t,
-        // No room on the cache's disk: nobody got a byte yet; stream it through.
-        Err(e) if e.kind == FillErrorKind::NoSpace => {
-            ctx.cache = CacheStatus::Bypass;
-            return bypass(p, &digest, headers, head).await;
-        }
-        Err(e) => return Err(fill_error(p, &digest, e)),
-    };
+    let total = fill
+        .started()
+        .await
+        .map_err(|e| fill_error(p, &digest, e))?;
+    if fill.relaying() {
+        ctx.cache = CacheStatus::Bypass;
+    }
     let Some(size) = total else {
         // No length from the upstream: stream the whole blob, chunked.
-        let mut r = Response::new(stream(fill.reader(0, None)));
+        let Some(reader) = fill.reader(0, None) else {
+            // A stream-through that moved past the start: a fetch of its own.
+            return bypass(p, &digest, headers, head).await;
+        };
+        let mut r = Response::new(stream(reader));
         r.headers_mut().insert(
             "docker-content-digest",
             crate::server::body::hv(&digest.to_string()),
@@ -121,7 +136,11 @@ pub async fn get(
     let mut r = if head {
         status(code)
     } else {
-        let mut r = Response::new(stream(fill.reader(start, Some(start + len))));
+        let Some(reader) = fill.reader(start, Some(start + len)) else {
+            // A stream-through that moved past `start` (a late joiner): a fetch of its own.
+            return bypass(p, &digest, headers, head).await;
+        };
+        let mut r = Response::new(stream(reader));
         *r.status_mut() = code;
         r
     };

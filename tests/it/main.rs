@@ -11,6 +11,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod files;
+mod fill_faults;
 mod garbage;
 mod gc;
 mod images;

@@ -117,7 +117,7 @@ pub const ALL: &[Def] = &[
     def(SENDFILE_BYTES_TOTAL, C, Unit::Bytes, &[],
         "Response bytes sent from files with sendfile(2): blob bodies on plain-HTTP/1 connections (server.sendfile)"),
     def(FILL_FAILURES_TOTAL, C, Unit::Count, &["reason"],
-        "Fills that failed: not_found, unavailable, mismatch (digest), internal (disk), no_space (the cache disk is full; the blob was streamed through)"),
+        "Fills that failed: not_found, unavailable, mismatch (digest), internal (disk); a blob that does not fit streams through and is not a failure"),
     def(PUSH_OPERATIONS_TOTAL, C, Unit::Count, &[],
         "Successful manifest PUTs (a pushed image or artifact)"),
     def(PULL_OPERATIONS_TOTAL, C, Unit::Count, &[],
@@ -506,7 +506,6 @@ pub fn fill_finished(failure: Option<FillErrorKind>) {
             FillErrorKind::Unavailable => "unavailable",
             FillErrorKind::Mismatch => "mismatch",
             FillErrorKind::Internal => "internal",
-            FillErrorKind::NoSpace => "no_space",
         };
         counter!(FILL_FAILURES_TOTAL, "reason" => reason).increment(1);
     }

@@ -62,9 +62,6 @@ pub enum FillErrorKind {
     Mismatch,
     /// This side failed (disk).
     Internal,
-    /// The cache's filesystem has no room for the blob (no longer produced by fills:
-    /// such a blob streams through; kept for the metric's label set).
-    NoSpace,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -362,7 +359,7 @@ fn failed(upstream: &str, repo: &str, digest: &Digest, e: &FillError) {
     let kind = match e.kind {
         FillErrorKind::Mismatch => "digest_mismatch",
         FillErrorKind::Unavailable => "fill_failed",
-        FillErrorKind::Internal | FillErrorKind::NoSpace => "fill_internal",
+        FillErrorKind::Internal => "fill_internal",
         FillErrorKind::NotFound => return,
     };
     if let Some(suppressed) = warn_due(kind, digest) {

@@ -385,7 +385,7 @@ fn fill_error(p: &Proxy, digest: &Digest, e: FillError) -> Error {
                 e.message
             ),
         ),
-        FillErrorKind::Internal | FillErrorKind::NoSpace => Error::Internal(e.message),
+        FillErrorKind::Internal => Error::Internal(e.message),
     }
 }
 

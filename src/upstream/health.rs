@@ -30,7 +30,9 @@ pub const FAILURES_TO_OPEN: u32 = 3;
 /// The first wait of an open circuit or a 429 without `Retry-After`; doubled per failed
 /// probe (or repeated 429), up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest wait between probes: an upstream that came back is used again within
+/// this long, at the cost of one probe request per this long while it is down.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// Most repositories remembered as rate-limited (scope = repository); the oldest go first.
 const MAX_LIMITED_REPOS: usize = 10_000;
 

@@ -336,7 +336,7 @@ fn read_login_file() -> anyhow::Result<(PathBuf, Value)> {
 }
 
 /// Reads a line from the terminal with echo off.
-fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
+pub fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
     use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
     let stdin = std::io::stdin();
     eprint!("{prompt}");

@@ -65,14 +65,14 @@ pub fn resolve(ep: &Endpoint) -> anyhow::Result<Resolved> {
         if let Some((name, c)) = profile_auth.clone() {
             return Ok(Resolved {
                 credentials: c,
-                source: format!("profile {name}"),
+                source: format!("from profile {name}"),
             });
         }
     }
     if let Some(t) = env("AGENT_REGISTRY_TOKEN") {
         return Ok(Resolved {
             credentials: Credentials::Bearer(t),
-            source: "AGENT_REGISTRY_TOKEN".into(),
+            source: "from AGENT_REGISTRY_TOKEN".into(),
         });
     }
     if let (Some(u), Some(p)) = (env("DOCKER_USERNAME"), env("DOCKER_PASSWORD")) {
@@ -81,20 +81,20 @@ pub fn resolve(ep: &Endpoint) -> anyhow::Result<Resolved> {
                 username: u,
                 password: p,
             },
-            source: "DOCKER_USERNAME/DOCKER_PASSWORD".into(),
+            source: "from DOCKER_USERNAME/DOCKER_PASSWORD".into(),
         });
     }
     if let Some((name, c)) = profile_auth {
         return Ok(Resolved {
             credentials: c,
-            source: format!("profile {name}"),
+            source: format!("from profile {name}"),
         });
     }
     for file in auth_files()? {
         if let Some(c) = from_file(&file, &ep.host)? {
             return Ok(Resolved {
                 credentials: c,
-                source: file.display().to_string(),
+                source: format!("from {}", file.display()),
             });
         }
     }
@@ -393,7 +393,9 @@ pub async fn login(
         username: user.clone(),
         password: password.clone(),
     };
-    let client = Client::new(&ep.url, timeout)?.with_credentials(creds);
+    let client = Client::new(&ep.url, timeout)?
+        .with_credentials(creds)
+        .with_source(format!("of user {user}"));
     let mut r = client.get("/admin/whoami").await?;
     if r.status == http::StatusCode::NOT_FOUND {
         // Not this project's server: any OCI registry answers /v2/.

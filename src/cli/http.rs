@@ -260,11 +260,10 @@ impl Client {
         retry: Retry,
     ) -> anyhow::Result<Client> {
         let r = super::creds::resolve(ep)?;
-        let mut c = Client::new(&ep.url, timeout)?
+        let c = Client::new(&ep.url, timeout)?
             .with_credentials(r.credentials)
             .with_retry(retry);
-        c.source = r.source;
-        Ok(c)
+        Ok(c.with_source(r.source))
     }
 
     pub fn base(&self) -> &str {
@@ -282,9 +281,15 @@ impl Client {
     pub fn with_credentials(mut self, c: Credentials) -> Client {
         self.source = match c {
             Credentials::None => "none".into(),
-            _ => "the credentials given".into(),
+            _ => "given to this command".into(),
         };
         self.credentials = c;
+        self
+    }
+
+    /// Says where the credentials came from in errors ("from profile ci", "of user ann").
+    pub fn with_source(mut self, source: String) -> Client {
+        self.source = source;
         self
     }
 
@@ -341,7 +346,12 @@ impl Client {
             .with_retries(&method, path, &headers, &body, auth.as_deref())
             .await?;
         if r.status == StatusCode::UNAUTHORIZED {
-            if let Some(token) = self.answer_challenge(&r.headers).await? {
+            // Basic credentials the token endpoint refuses too: the 401 is the answer.
+            let answered = match self.answer_challenge(&r.headers).await {
+                Err(_) if matches!(self.credentials, Credentials::Basic { .. }) => None,
+                other => other?,
+            };
+            if let Some(token) = answered {
                 auth = Some(format!("Bearer {token}"));
                 let attempts = r.attempts;
                 r = self
@@ -607,7 +617,7 @@ impl Client {
             401 => {
                 let who = match self.credentials.is_none() {
                     true => "no credentials were sent (log in with `agent login`, set AGENT_REGISTRY_TOKEN or use a profile with auth)".to_string(),
-                    false => format!("registry {base} refused the credentials from {}", self.source),
+                    false => format!("registry {base} refused the credentials ({})", self.source),
                 };
                 anyhow!("authentication failed: {what}: {who}: {msg}")
             }

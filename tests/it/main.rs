@@ -22,6 +22,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod profiles;
 mod search;
 mod sendfile;
 mod tls;

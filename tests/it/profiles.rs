@@ -448,16 +448,16 @@ fn podman_login_credentials_work_for_agent() {
 /// (path and query, Authorization) of each request.
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
-struct Recorder {
-    addr: std::net::SocketAddr,
+pub struct Recorder {
+    pub addr: std::net::SocketAddr,
     seen: Seen,
     _rt: tokio::runtime::Runtime,
 }
 
-type Answer = dyn Fn(&str) -> (u16, Vec<(String, String)>, String) + Send + Sync;
+pub type Answer = dyn Fn(&str) -> (u16, Vec<(String, String)>, String) + Send + Sync;
 
 impl Recorder {
-    fn start(answer: Arc<Answer>) -> Recorder {
+    pub fn start(answer: Arc<Answer>) -> Recorder {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -513,7 +513,7 @@ impl Recorder {
         }
     }
 
-    fn seen(&self) -> Vec<(String, Option<String>)> {
+    pub fn seen(&self) -> Vec<(String, Option<String>)> {
         self.seen.lock().expect("seen").clone()
     }
 }

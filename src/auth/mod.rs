@@ -318,8 +318,11 @@ pub struct Auth {
     hashing: Arc<Semaphore>,
     /// bcrypt verifications run (unknown users included).
     password_checks: AtomicU64,
-    /// When `auth.db`'s users were last looked at, and their version then.
-    users_seen: Mutex<(Instant, i64)>,
+    /// When `auth.db`'s users were last looked at (ms since `started`), and their
+    /// version then; the atomic keeps the lock off the request path between looks.
+    users_checked_ms: AtomicU64,
+    users_seen: Mutex<i64>,
+    started: Instant,
     log_tx: tokio::sync::mpsc::Sender<LogRecord>,
     log_rx: Mutex<Option<tokio::sync::mpsc::Receiver<LogRecord>>>,
 }
@@ -384,7 +387,9 @@ impl Auth {
                 .build(),
             hashing: Arc::new(Semaphore::new(hashing_threads())),
             password_checks: AtomicU64::new(0),
-            users_seen: Mutex::new((Instant::now(), users_version)),
+            users_checked_ms: AtomicU64::new(0),
+            users_seen: Mutex::new(users_version),
+            started: Instant::now(),
             log_tx,
             log_rx: Mutex::new(Some(log_rx)),
         })
@@ -407,13 +412,20 @@ impl Auth {
     /// add` (another process): looks at the users' version when `poll` has passed since
     /// the last look, and rebuilds the user table when it changed.
     fn sync_users(&self, poll: Duration) {
-        let mut seen = self.users_seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.0.elapsed() < poll {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.users_checked_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < poll.as_millis() as u64 {
             return;
         }
-        seen.0 = Instant::now();
+        // One looker at a time; the others go on with the table they have.
+        let mut seen = match self.users_seen.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        self.users_checked_ms.store(now.max(1), Ordering::Release);
         let version = match self.store.users_version() {
-            Ok(v) if v != seen.1 => v,
+            Ok(v) if v != *seen => v,
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the users' version in auth.db");
@@ -422,7 +434,7 @@ impl Auth {
         };
         match self.store.users() {
             Ok(stored) => {
-                seen.1 = version;
+                *seen = version;
                 let current = self.policy.load();
                 let next = Policy {
                     cfg: current.cfg.clone(),
@@ -1353,6 +1365,80 @@ mod tests {
         let off = Auth::new(&cfg, dir.path()).unwrap();
         off.log_access(AccessEntry::sample(store::now_ms()));
         assert_eq!(off.log_tx.capacity(), LOG_QUEUE);
+    }
+
+    #[test]
+    fn stored_users_join_the_config_users_which_win() {
+        use crate::config::{Secret, UserConfig};
+        let h = |pw: &str| bcrypt::hash(pw, 4).unwrap();
+        let cfg = AuthConfig {
+            users: vec![
+                UserConfig {
+                    name: "ann".into(),
+                    password_hash: Some(Secret::new(h("config"))),
+                    groups: vec!["ops".into()],
+                },
+                UserConfig {
+                    name: "bob".into(),
+                    password_hash: None,
+                    groups: vec!["ops".into()],
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let stored = |name: &str, pw: &str| store::StoredUser {
+            name: name.into(),
+            hash: h(pw),
+            groups: vec!["ci".into()],
+        };
+        let p = Policy::build(&cfg).unwrap().with_stored(vec![
+            stored("ann", "db"),
+            stored("bob", "db"),
+            stored("cy", "db"),
+        ]);
+        let check =
+            |u: &str, pw: &str| bcrypt::verify(pw, p.users[u].hash.as_ref().unwrap()).unwrap();
+        assert!(check("ann", "config") && !check("ann", "db"));
+        assert_eq!(p.users["ann"].groups, vec!["ops".to_string()]);
+        assert!(check("bob", "db"));
+        assert_eq!(
+            p.users["bob"].groups,
+            vec!["ops".to_string(), "ci".to_string()]
+        );
+        assert!(check("cy", "db"));
+        // Rebuilt from the base, a removed stored user is gone.
+        let p = p.with_stored(Vec::new());
+        assert!(!p.users.contains_key("cy") && p.users["bob"].hash.is_none());
+    }
+
+    #[test]
+    fn push_rules_are_described() {
+        let g = |subject: Subject, pattern: &str, actions: &[Action]| Grant {
+            pattern: pattern.into(),
+            subject,
+            actions: Actions::of(actions),
+        };
+        let grants = vec![
+            g(
+                Subject::Group("ci".into()),
+                "agents/*",
+                &[Action::Pull, Action::Push],
+            ),
+            g(Subject::User("ro".into()), "*", &[Action::Pull]),
+            g(Subject::User("root".into()), "*", &[Action::Admin]),
+        ];
+        assert_eq!(
+            describe_push(&grants, false),
+            "a push needs the login of: group ci on agents/*, user root on *"
+        );
+        assert!(describe_push(&grants[1..2], true).starts_with("no user may push: add a rule"));
+        assert!(describe_push(&[], true).ends_with("(server.hosted_writes = \"loopback\")"));
+        assert_eq!(
+            push_patterns(&grants, "x", &["ci".into()]),
+            vec!["agents/*"]
+        );
+        assert_eq!(push_patterns(&grants, "ro", &[]), Vec::<String>::new());
+        assert_eq!(push_patterns(&grants, "root", &[]), vec!["*"]);
     }
 
     #[test]

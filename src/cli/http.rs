@@ -346,10 +346,17 @@ impl Client {
             .with_retries(&method, path, &headers, &body, auth.as_deref())
             .await?;
         if r.status == StatusCode::UNAUTHORIZED {
-            // Basic credentials the token endpoint refuses too: the 401 is the answer.
-            let answered = match self.answer_challenge(&r.headers).await {
-                Err(_) if matches!(self.credentials, Credentials::Basic { .. }) => None,
-                other => other?,
+            // Basic credentials the registry checked and refused are not tried again at
+            // its token endpoint (that would count a second failed login); nor are
+            // those the token endpoint refuses: the 401 is the answer.
+            let refused = matches!(self.credentials, Credentials::Basic { .. })
+                && r.oci_error().1.starts_with("authentication failed");
+            let answered = match refused {
+                true => None,
+                false => match self.answer_challenge(&r.headers).await {
+                    Err(_) if matches!(self.credentials, Credentials::Basic { .. }) => None,
+                    other => other?,
+                },
             };
             if let Some(token) = answered {
                 auth = Some(format!("Bearer {token}"));

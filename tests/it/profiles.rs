@@ -646,6 +646,7 @@ async fn the_seed_errors_are_provoked_for_real() {
     // Wrong password.
     let srv = TestServer::start_with(configure);
     let home = Home::new();
+    let checks = srv.app.auth.password_checks();
     let o = tokio::task::block_in_place(|| {
         home.agent(
             &[
@@ -667,6 +668,8 @@ async fn the_seed_errors_are_provoked_for_real() {
         "{e}"
     );
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    // Refused credentials are not tried again at /token: one failed login, not two.
+    assert_eq!(srv.app.auth.password_checks() - checks, 1);
 
     // A missing image.
     let c = client(&srv, 3).with_credentials(Credentials::Basic {
@@ -956,7 +959,36 @@ fn user_add_on_a_running_server_lets_the_user_log_in_without_a_restart() {
         assert_eq!(r.status, StatusCode::ACCEPTED);
     });
 
-    // A password bcrypt would cut is refused; so is a name the config gives a password.
+    // token create takes --data-dir too, warns the same way, and the running server
+    // accepts the token at once.
+    let o = registry(
+        &[
+            "token",
+            "create",
+            "--user",
+            "carol",
+            "--scope",
+            "agents/*:pull,push",
+            "--data-dir",
+            &data,
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        stderr(&o).contains("warning: no rule lets carol push anywhere"),
+        "{}",
+        out(&o)
+    );
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = home.agent(
+        &["registry", "auth", "test", "--registry", &srv.host()],
+        &[("AGENT_REGISTRY_TOKEN", &token)],
+        None,
+    );
+    assert!(out(&o).contains("authenticated as carol"), "{}", out(&o));
+
+    // A password bcrypt would cut is refused.
     let long = "x".repeat(73);
     let o = registry(
         &[

@@ -355,6 +355,7 @@ pub fn prompt_hidden(prompt: &str) -> anyhow::Result<String> {
 pub async fn login(
     ep: &Endpoint,
     timeout: Duration,
+    retry: super::http::Retry,
     user: Option<&str>,
     password_stdin: bool,
     out: &mut dyn Write,
@@ -394,6 +395,7 @@ pub async fn login(
         password: password.clone(),
     };
     let client = Client::new(&ep.url, timeout)?
+        .with_retry(retry)
         .with_credentials(creds)
         .with_source(format!("of user {user}"));
     let mut r = client.get("/admin/whoami").await?;

@@ -195,6 +195,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             creds::login(
                 &ep,
                 target.timeout,
+                target.retry(),
                 username.as_deref(),
                 password_stdin,
                 out,

@@ -1011,3 +1011,44 @@ fn user_add_on_a_running_server_lets_the_user_log_in_without_a_restart() {
     let o = login("carol", "carol's long password");
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
 }
+
+#[test]
+fn login_asks_for_the_password_on_a_terminal_without_echo() {
+    if !crate::support::tools::require("script") {
+        return;
+    }
+    let srv = TestServer::start_with(configure);
+    let home = Home::new();
+    // script(1) gives agent a terminal; the password is typed once the prompt is up.
+    let cmd = format!(
+        "{} login -u writer --registry {}",
+        env!("CARGO_BIN_EXE_agent"),
+        srv.host()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HOME", home.path())
+        .env_remove("AAC_HOME")
+        .env_remove("AGENT_CONFIG_DIR")
+        .env_remove("AGENT_REGISTRY_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(Duration::from_millis(1500));
+    {
+        use std::io::Write;
+        stdin
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .expect("type");
+    }
+    let o = child.wait_with_output().expect("script output");
+    drop(stdin);
+    let text = out(&o);
+    assert!(text.contains("Password:"), "{text}");
+    assert!(text.contains("Login Succeeded: writer"), "{text}");
+    assert!(!text.contains(PASSWORD), "the password was echoed: {text}");
+    assert!(home.path().join(".aac/auth.json").exists());
+}

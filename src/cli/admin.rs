@@ -241,8 +241,9 @@ pub async fn auth_test(c: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
             };
             writeln!(
                 out,
-                "authenticated as {u} at {} (groups: {groups}{admin})",
-                c.base()
+                "authenticated as {u} at {} (groups: {groups}{admin}; credentials {})",
+                c.base(),
+                c.credentials_source()
             )?;
         }
         None => writeln!(out, "anonymous at {}: no credentials in use", c.base())?,

@@ -133,6 +133,11 @@ fn profiles_choose_the_server_and_the_credentials() {
         "{}",
         out(&o)
     );
+    assert!(
+        out(&o).contains("credentials from profile b)"),
+        "{}",
+        out(&o)
+    );
     // --registry beats the profile's URL, and the profile's credentials stay with its host.
     let o = home.agent(
         &[
@@ -834,6 +839,17 @@ fn oauth2_client_credentials_against_the_real_server() {
         "{}",
         out(&o)
     );
+    // The same pair as HTTP Basic, from curl.
+    if crate::support::tools::require("curl") {
+        let o = crate::support::tools::command("curl")
+            .args(["-sS", "-u", &format!("{}:{token}", info.id)])
+            .args(["-d", "grant_type=client_credentials"])
+            .arg(format!("http://{}/token", srv.host()))
+            .output()
+            .expect("curl");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("token JSON");
+        assert!(v["access_token"].is_string(), "{v}");
+    }
     // The grant gives what the API token may: push on agents/*, nothing on team/*.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -981,6 +997,15 @@ fn user_add_on_a_running_server_lets_the_user_log_in_without_a_restart() {
         out(&o)
     );
     let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = registry(&["token", "list", "--json", "--data-dir", &data], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("token list --json");
+    assert_eq!(v[0]["user"], "carol", "{v}");
+    let o = registry(&["user", "list", "--json", "--data-dir", &data], "");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("user list --json");
+    assert_eq!(
+        v,
+        serde_json::json!([{ "name": "carol", "groups": ["ci"] }])
+    );
     let o = home.agent(
         &["registry", "auth", "test", "--registry", &srv.host()],
         &[("AGENT_REGISTRY_TOKEN", &token)],

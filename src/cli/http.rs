@@ -129,28 +129,90 @@ pub struct Reply {
     pub attempts: u32,
 }
 
+/// An answer whose body is still to be read ([`Client::open`]).
+pub struct Streamed {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: hyper::body::Incoming,
+    /// Requests sent (redirects not counted).
+    pub attempts: u32,
+}
+
+enum RawBody {
+    Full(Bytes),
+    Stream(hyper::body::Incoming),
+}
+
+/// An attempt's answer, its body read or not.
+struct Raw {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: RawBody,
+    elapsed: Duration,
+    attempts: u32,
+}
+
+impl Raw {
+    fn attempts(mut self, n: u32) -> Raw {
+        self.attempts = n;
+        self
+    }
+
+    /// Whether a 401 says the credentials were checked and refused (this server's
+    /// "authentication failed"), rather than asked for.
+    fn refused(&self) -> bool {
+        match &self.body {
+            RawBody::Full(b) => oci_error(b).1.starts_with("authentication failed"),
+            RawBody::Stream(_) => false,
+        }
+    }
+
+    fn into_reply(self) -> Reply {
+        Reply {
+            status: self.status,
+            headers: self.headers,
+            body: match self.body {
+                RawBody::Full(b) => b,
+                RawBody::Stream(_) => Bytes::new(),
+            },
+            elapsed: self.elapsed,
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// The OCI error body's first code and message ("" when there is none).
+fn oci_error(body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let e = &v["errors"][0];
+    (
+        e["code"].as_str().unwrap_or_default().to_string(),
+        e["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(s) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let when = httpdate::parse_http_date(v.trim()).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 impl Reply {
     /// The OCI error body's first code and message, if there is one.
     pub fn oci_error(&self) -> (String, String) {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
-        let e = &v["errors"][0];
-        (
-            e["code"].as_str().unwrap_or_default().to_string(),
-            e["message"].as_str().unwrap_or_default().to_string(),
-        )
+        oci_error(&self.body)
     }
 
     /// `Retry-After` in seconds or as an HTTP date.
     pub fn retry_after(&self) -> Option<Duration> {
-        let v = self.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-        if let Ok(s) = v.trim().parse::<u64>() {
-            return Some(Duration::from_secs(s));
-        }
-        let when = httpdate::parse_http_date(v.trim()).ok()?;
-        Some(
-            when.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default(),
-        )
+        retry_after(&self.headers)
     }
 }
 
@@ -332,7 +394,8 @@ impl Client {
     }
 
     /// Sends a request to `path` (on the registry) with retries, redirects and
-    /// credentials; a 401 with a `Bearer` challenge is answered once with a token.
+    /// credentials, and reads the answer; a 401 with a `Bearer` challenge is answered
+    /// once with a token.
     pub async fn execute(
         &self,
         method: Method,
@@ -340,29 +403,66 @@ impl Client {
         headers: HeaderMap,
         body: Bytes,
     ) -> anyhow::Result<Reply> {
+        Ok(self
+            .run(&method, path, &headers, &body, true)
+            .await?
+            .into_reply())
+    }
+
+    /// As [`Client::execute`], but the answer's body is left to the caller, to stream
+    /// (a blob download). Retries and the timeout cover the answer's head only; a body
+    /// that breaks off is the caller's to resume (with `Range`).
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> anyhow::Result<Streamed> {
+        let raw = self.run(&method, path, &headers, &body, false).await?;
+        let body = match raw.body {
+            RawBody::Stream(b) => b,
+            RawBody::Full(_) => return Err(anyhow!("{path}: the answer was read already")),
+        };
+        Ok(Streamed {
+            status: raw.status,
+            headers: raw.headers,
+            body,
+            attempts: raw.attempts,
+        })
+    }
+
+    async fn run(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        collect: bool,
+    ) -> anyhow::Result<Raw> {
         let start = Instant::now();
-        let mut auth = self.authorization("").await?;
+        let auth = self.authorization("").await?;
         let mut r = self
-            .with_retries(&method, path, &headers, &body, auth.as_deref())
+            .retried(method, path, headers, body, auth.as_deref(), collect)
             .await?;
         if r.status == StatusCode::UNAUTHORIZED {
             // Basic credentials the registry checked and refused are not tried again at
             // its token endpoint (that would count a second failed login); nor are
             // those the token endpoint refuses: the 401 is the answer.
-            let refused = matches!(self.credentials, Credentials::Basic { .. })
-                && r.oci_error().1.starts_with("authentication failed");
+            let basic = matches!(self.credentials, Credentials::Basic { .. });
+            let refused = basic && r.refused();
             let answered = match refused {
                 true => None,
                 false => match self.answer_challenge(&r.headers).await {
-                    Err(_) if matches!(self.credentials, Credentials::Basic { .. }) => None,
+                    Err(_) if basic => None,
                     other => other?,
                 },
             };
             if let Some(token) = answered {
-                auth = Some(format!("Bearer {token}"));
                 let attempts = r.attempts;
+                let auth = format!("Bearer {token}");
                 r = self
-                    .with_retries(&method, path, &headers, &body, auth.as_deref())
+                    .retried(method, path, headers, body, Some(&auth), collect)
                     .await?;
                 r.attempts += attempts;
             }
@@ -477,7 +577,7 @@ impl Client {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One request, retried as the policy says.
+    /// One request with its body read, retried as the policy says.
     async fn with_retries(
         &self,
         method: &Method,
@@ -486,39 +586,106 @@ impl Client {
         body: &Bytes,
         auth: Option<&str>,
     ) -> anyhow::Result<Reply> {
+        let raw = self
+            .retried(method, path, headers, body, auth, true)
+            .await?;
+        Ok(raw.into_reply())
+    }
+
+    /// One request, retried as the policy says; with `collect` the body is read within
+    /// each attempt (so a reply that breaks off is retried too), else the body is left
+    /// to the caller.
+    async fn retried(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        auth: Option<&str>,
+        collect: bool,
+    ) -> anyhow::Result<Raw> {
         let mut n = 0u32;
         loop {
-            let result = self.follow(method, path, headers, body, auth).await;
+            let result = self
+                .attempt(method, path, headers, body, auth, collect)
+                .await;
             let wait = match &result {
                 Err(_) => self.retry.backoff(n),
-                Ok(r) if retryable(r.status) => match r.retry_after() {
-                    Some(w) if w > self.retry.max_retry_after => return result,
+                Ok(r) if retryable(r.status) => match retry_after(&r.headers) {
+                    Some(w) if w > self.retry.max_retry_after => {
+                        return result.map(|r| r.attempts(n + 1))
+                    }
                     Some(w) => w,
                     None => self.retry.backoff(n),
                 },
-                Ok(_) => {
-                    return result.map(|mut r| {
-                        r.attempts = n + 1;
-                        r
-                    })
-                }
+                Ok(_) => return result.map(|r| r.attempts(n + 1)),
             };
             if n >= self.retry.retries {
                 return match result {
-                    Ok(mut r) => {
-                        r.attempts = n + 1;
-                        Ok(r)
-                    }
+                    Ok(r) => Ok(r.attempts(n + 1)),
                     Err(e) if n > 0 => Err(anyhow!("{e} (after {} attempts)", n + 1)),
                     Err(e) => Err(e),
                 };
             }
+            drop(result);
             tokio::time::sleep(wait).await;
             n += 1;
         }
     }
 
-    /// One attempt, following redirects; `Authorization` stays on the registry's origin.
+    /// One attempt within the timeout: redirects followed (`Authorization` only on the
+    /// registry's origin), and with `collect` the body read.
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        auth: Option<&str>,
+        collect: bool,
+    ) -> anyhow::Result<Raw> {
+        let start = Instant::now();
+        let fut = async {
+            let resp = self.follow(method, path, headers, body, auth).await?;
+            let (parts, incoming) = resp.into_parts();
+            let body = match collect {
+                true => RawBody::Full(
+                    incoming
+                        .collect()
+                        .await
+                        .map_err(|e| {
+                            anyhow!(
+                                "failed to connect to registry {}: the reply broke off: {}",
+                                self.base,
+                                causes(&e)
+                            )
+                        })?
+                        .to_bytes(),
+                ),
+                false => RawBody::Stream(incoming),
+            };
+            Ok::<_, anyhow::Error>(Raw {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+                elapsed: Duration::ZERO,
+                attempts: 1,
+            })
+        };
+        let mut raw = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "failed to connect to registry {}: no answer within {:?}",
+                    self.base,
+                    self.timeout
+                )
+            })??;
+        raw.elapsed = start.elapsed();
+        Ok(raw)
+    }
+
+    /// Sends the request and follows redirects; the answer's body is not read.
     async fn follow(
         &self,
         method: &Method,
@@ -526,7 +693,7 @@ impl Client {
         headers: &HeaderMap,
         body: &Bytes,
         auth: Option<&str>,
-    ) -> anyhow::Result<Reply> {
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         let mut url = format!("{}{}", self.base, path);
         let mut method = method.clone();
         let mut body = body.clone();
@@ -545,29 +712,6 @@ impl Client {
             let req = req
                 .body(Full::new(body.clone()))
                 .with_context(|| format!("invalid URL {url}"))?;
-            let r = self.once(req).await?;
-            let redirect = matches!(r.status.as_u16(), 301 | 302 | 303 | 307 | 308);
-            let location = r
-                .headers
-                .get(http::header::LOCATION)
-                .and_then(|l| l.to_str().ok());
-            let (true, Some(location)) = (redirect, location) else {
-                return Ok(r);
-            };
-            url = resolve(&uri, location);
-            if r.status == StatusCode::SEE_OTHER
-                || (matches!(r.status.as_u16(), 301 | 302) && method == Method::POST)
-            {
-                method = Method::GET;
-                body = Bytes::new();
-            }
-        }
-        Err(anyhow!("{}{path}: too many redirects", self.base))
-    }
-
-    async fn once(&self, req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
-        let start = Instant::now();
-        let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| {
                 anyhow!(
                     "failed to connect to registry {}: {}",
@@ -575,36 +719,25 @@ impl Client {
                     causes(&e)
                 )
             })?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "failed to connect to registry {}: the reply broke off: {}",
-                        self.base,
-                        causes(&e)
-                    )
-                })?
-                .to_bytes();
-            Ok::<_, anyhow::Error>((parts, body))
-        };
-        let (parts, body) = tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "failed to connect to registry {}: no answer within {:?}",
-                    self.base,
-                    self.timeout
-                )
-            })??;
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-            elapsed: start.elapsed(),
-            attempts: 1,
-        })
+            let status = resp.status();
+            let redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_string);
+            let (true, Some(location)) = (redirect, location) else {
+                return Ok(resp);
+            };
+            url = resolve(&uri, &location);
+            if status == StatusCode::SEE_OTHER
+                || (matches!(status.as_u16(), 301 | 302) && method == Method::POST)
+            {
+                method = Method::GET;
+                body = Bytes::new();
+            }
+        }
+        Err(anyhow!("{}{path}: too many redirects", self.base))
     }
 
     /// The one-line error for a failed reply to `what`, starting with the seed's words

@@ -1077,3 +1077,31 @@ fn login_asks_for_the_password_on_a_terminal_without_echo() {
     assert!(!text.contains(PASSWORD), "the password was echoed: {text}");
     assert!(home.path().join(".aac/auth.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_a_blob_after_retrying_its_head() {
+    use http_body_util::BodyExt;
+    let fake = FakeUpstream::start();
+    let data = crate::support::random(3 << 20, 7);
+    let digest = fake.add_blob("agents/big", data.clone());
+    fake.set(|s| s.server_errors = 2);
+    let c = Client::new(&fake.url(), Duration::from_secs(30)).expect("client");
+    let path = format!("/v2/agents/big/blobs/{digest}");
+    let mut r = c
+        .open(Method::GET, &path, http::HeaderMap::new(), Bytes::new())
+        .await
+        .expect("open");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.attempts, 3);
+    let mut got = Vec::new();
+    while let Some(frame) = r.body.frame().await {
+        if let Ok(chunk) = frame.expect("frame").into_data() {
+            got.extend_from_slice(&chunk);
+        }
+    }
+    assert_eq!(
+        agent_registry::oci::Digest::sha256_of(&got).to_string(),
+        digest
+    );
+    assert_eq!(fake.blob_gets(&digest), 3);
+}

@@ -321,16 +321,6 @@ async fn serve(
              auth.realm to this registry's public URL (e.g. https://registry.example.com/token)"
         );
     }
-    tracing::info!(
-        addr = %running.addr,
-        config = %origin,
-        data_dir = %data.display(),
-        "agent-registry listening on {scheme}://{}",
-        running.addr
-    );
-    if let Some(a) = running.admin_addr {
-        tracing::info!(addr = %a, "admin listener (health, metrics, /admin) on http://{a}");
-    }
     {
         let (rules, perms) = app.auth.all_grants();
         let mut grants = rules;
@@ -341,6 +331,16 @@ async fn serve(
             "pushes: {}",
             agent_registry::auth::describe_push(&grants, loopback)
         );
+    }
+    tracing::info!(
+        addr = %running.addr,
+        config = %origin,
+        data_dir = %data.display(),
+        "agent-registry listening on {scheme}://{}",
+        running.addr
+    );
+    if let Some(a) = running.admin_addr {
+        tracing::info!(addr = %a, "admin listener (health, metrics, /admin) on http://{a}");
     }
     if !app.auth.has_identities() {
         tracing::info!(

@@ -111,8 +111,11 @@ pub struct Client {
     /// Where the credentials came from, for error messages.
     source: String,
     retry: Retry,
-    /// Bearer tokens from `/token`, by scope ("" for none).
-    tokens: Mutex<HashMap<String, String>>,
+    /// Bearer tokens from `/token` by scope ("" for none), until 10 s before they expire.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// The token of the last answered challenge: sent first on the next requests (most
+    /// go to the same repository), so they need no 401 round trip.
+    last: Mutex<Option<(String, Instant)>>,
     inner: HyperClient<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         Full<Bytes>,
@@ -311,6 +314,7 @@ impl Client {
             source: "none".into(),
             retry: Retry::default(),
             tokens: Mutex::new(HashMap::new()),
+            last: Mutex::new(None),
             inner: HyperClient::builder(TokioExecutor::new()).build(https),
         })
     }
@@ -441,7 +445,16 @@ impl Client {
         collect: bool,
     ) -> anyhow::Result<Raw> {
         let start = Instant::now();
-        let auth = self.authorization("").await?;
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(_, until)| *until > Instant::now());
+        let auth = match &last {
+            Some((t, _)) => Some(format!("Bearer {t}")),
+            None => self.authorization("").await?,
+        };
         let mut r = self
             .retried(method, path, headers, body, auth.as_deref(), collect)
             .await?;
@@ -450,7 +463,7 @@ impl Client {
             // its token endpoint (that would count a second failed login); nor are
             // those the token endpoint refuses: the 401 is the answer.
             let basic = matches!(self.credentials, Credentials::Basic { .. });
-            let refused = basic && r.refused();
+            let refused = basic && last.is_none() && r.refused();
             let answered = match refused {
                 true => None,
                 false => match self.answer_challenge(&r.headers).await {
@@ -461,6 +474,13 @@ impl Client {
             if let Some(token) = answered {
                 let attempts = r.attempts;
                 let auth = format!("Bearer {token}");
+                let until = self
+                    .lock_tokens()
+                    .values()
+                    .find(|(t, _)| *t == token)
+                    .map(|(_, until)| *until)
+                    .unwrap_or_else(Instant::now);
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, until));
                 r = self
                     .retried(method, path, headers, body, Some(&auth), collect)
                     .await?;
@@ -514,8 +534,10 @@ impl Client {
     /// A bearer token from the registry's `/token` (cached per scope): the
     /// client-credentials grant for OAuth2, a Basic-authenticated GET otherwise.
     async fn token(&self, scope: &str, service: Option<&str>) -> anyhow::Result<String> {
-        if let Some(t) = self.lock_tokens().get(scope) {
-            return Ok(t.clone());
+        if let Some((t, until)) = self.lock_tokens().get(scope) {
+            if *until > Instant::now() {
+                return Ok(t.clone());
+            }
         }
         let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let mut params = Vec::new();
@@ -569,11 +591,19 @@ impl Client {
             .or_else(|| v["token"].as_str())
             .ok_or_else(|| anyhow!("token: the registry's answer has no access_token"))?
             .to_string();
-        self.lock_tokens().insert(scope.to_string(), t.clone());
+        // Docker's token spec: 60 s when the answer does not say.
+        let ttl = v["expires_in"]
+            .as_u64()
+            .unwrap_or(60)
+            .saturating_sub(10)
+            .max(1);
+        let until = Instant::now() + Duration::from_secs(ttl);
+        self.lock_tokens()
+            .insert(scope.to_string(), (t.clone(), until));
         Ok(t)
     }
 
-    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -1105,3 +1105,38 @@ async fn open_streams_a_blob_after_retrying_its_head() {
     );
     assert_eq!(fake.blob_gets(&digest), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_reused_until_they_expire() {
+    let fake = FakeUpstream::start();
+    fake.set(|s| {
+        s.auth = AuthMode::Bearer {
+            expires_in: Some(11),
+            credentials: Some(("ann".into(), "pw".into())),
+            reject_tokens: false,
+        }
+    });
+    let c = Client::new(&fake.url(), Duration::from_secs(30))
+        .expect("client")
+        .with_credentials(Credentials::Basic {
+            username: "ann".into(),
+            password: "pw".into(),
+        });
+    for _ in 0..3 {
+        let r = c.get("/v2/").await.expect("ping");
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(fake.token_requests(), 1, "one token while it lives");
+    // The token goes first once known: one 401 round trip in all.
+    assert_eq!(fake.hits("GET", "/v2/"), 4);
+    // expires_in 11: kept 1 s (10 s before its end), then fetched anew.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = c.get("/v2/").await.expect("ping");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(fake.token_requests(), 2);
+    let basic = format!("Basic {}", b64("ann:pw"));
+    assert!(fake
+        .token_auth()
+        .iter()
+        .all(|a| a.as_deref() == Some(basic.as_str())));
+}

@@ -13,7 +13,9 @@
 //!   client-credentials grant from the registry's `/token` (with the scope of a 401's
 //!   `Bearer` challenge when there is one). A `Bearer` challenge to Basic credentials is
 //!   answered the same way, by `GET /token` — only when the realm is on the registry's
-//!   own origin.
+//!   own origin. Tokens are kept per scope until 10 s before `expires_in`, and the last
+//!   challenge's token is sent first on the next requests.
+//! - [`Client::execute`] reads the answer; [`Client::open`] leaves its body to stream.
 //! - Errors start with the seed's words: "failed to connect to registry", "authentication
 //!   failed", "image not found in registry", "rate limit exceeded", "insufficient storage
 //!   space" ([`Client::status_error`]).

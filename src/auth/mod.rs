@@ -122,10 +122,16 @@ pub enum RepoKind {
     Hosted { exists: bool },
 }
 
+#[derive(Clone)]
 struct User {
     hash: Option<String>,
     groups: Vec<String>,
 }
+
+/// How often a running server looks for users added with `agent-registry user add`
+/// (at most; a login as a name it does not know looks sooner, see [`USERS_POLL_UNKNOWN`]).
+const USERS_POLL: Duration = Duration::from_secs(1);
+const USERS_POLL_UNKNOWN: Duration = Duration::from_millis(100);
 
 /// Users and rules built from `[auth]` (and the htpasswd file), ready to install.
 pub struct AuthPolicy(Policy);
@@ -139,7 +145,10 @@ impl AuthPolicy {
 /// The part that `SIGHUP` replaces: users and rules.
 struct Policy {
     cfg: AuthConfig,
+    /// Config and htpasswd users merged with those of `auth.db`.
     users: HashMap<String, User>,
+    /// Config and htpasswd users only.
+    base: HashMap<String, User>,
     rules: Vec<Grant>,
 }
 
@@ -169,29 +178,32 @@ impl Policy {
             }
             slot.groups.extend(u.groups.iter().cloned());
         }
-        let mut rules = Vec::new();
-        for r in &cfg.rules {
-            let actions = Actions::of(&r.actions);
-            for pattern in &r.repos {
-                let subjects = r
-                    .users
-                    .iter()
-                    .map(|u| Subject::User(u.clone()))
-                    .chain(r.groups.iter().map(|g| Subject::Group(g.clone())));
-                for subject in subjects {
-                    rules.push(Grant {
-                        pattern: pattern.clone(),
-                        subject,
-                        actions,
-                    });
-                }
-            }
-        }
+        let rules = rule_grants(cfg);
         Ok(Policy {
             cfg: cfg.clone(),
+            base: users.clone(),
             users,
             rules,
         })
+    }
+
+    /// This policy with the users of `auth.db` added. The config and htpasswd file win
+    /// for a name they give a password; one they list without a password takes the
+    /// stored hash and both lists of groups.
+    fn with_stored(mut self, stored: Vec<store::StoredUser>) -> Policy {
+        let mut users = self.base.clone();
+        for u in stored {
+            let slot = users.entry(u.name).or_insert(User {
+                hash: None,
+                groups: Vec::new(),
+            });
+            if slot.hash.is_none() {
+                slot.hash = Some(u.hash);
+                slot.groups.extend(u.groups);
+            }
+        }
+        self.users = users;
+        self
     }
 }
 
@@ -306,6 +318,11 @@ pub struct Auth {
     hashing: Arc<Semaphore>,
     /// bcrypt verifications run (unknown users included).
     password_checks: AtomicU64,
+    /// When `auth.db`'s users were last looked at (ms since `started`), and their
+    /// version then; the atomic keeps the lock off the request path between looks.
+    users_checked_ms: AtomicU64,
+    users_seen: Mutex<i64>,
+    started: Instant,
     log_tx: tokio::sync::mpsc::Sender<LogRecord>,
     log_rx: Mutex<Option<tokio::sync::mpsc::Receiver<LogRecord>>>,
 }
@@ -322,8 +339,9 @@ const LOG_BATCH: usize = 8192;
 
 impl Auth {
     pub fn new(cfg: &AuthConfig, data_dir: &Path) -> Result<Auth, String> {
-        let policy = Policy::build(cfg)?;
         let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+        let users_version = store.users_version().map_err(|e| e.to_string())?;
+        let policy = Policy::build(cfg)?.with_stored(store.users().map_err(|e| e.to_string())?);
         let keys = jwt::Keys::load_or_create(&data_dir.join("auth"))
             .map_err(|e| format!("token signing key: {e}"))?;
         let perms = store.permissions().map_err(|e| e.to_string())?;
@@ -369,6 +387,9 @@ impl Auth {
                 .build(),
             hashing: Arc::new(Semaphore::new(hashing_threads())),
             password_checks: AtomicU64::new(0),
+            users_checked_ms: AtomicU64::new(0),
+            users_seen: Mutex::new(users_version),
+            started: Instant::now(),
             log_tx,
             log_rx: Mutex::new(Some(log_rx)),
         })
@@ -376,11 +397,62 @@ impl Auth {
 
     /// Replaces users and rules (`SIGHUP`); forgets verified passwords.
     pub fn install(&self, policy: AuthPolicy) {
-        self.policy.store(Arc::new(policy.0));
+        let stored = self.store.users().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the users of auth.db; using config users only");
+            Vec::new()
+        });
+        self.policy.store(Arc::new(policy.0.with_stored(stored)));
         self.verified.invalidate_all();
         // The service (audience and issuer) may have changed.
         self.bearers.invalidate_all();
         self.changed();
+    }
+
+    /// Picks up users added, changed or removed in `auth.db` by `agent-registry user
+    /// add` (another process): looks at the users' version when `poll` has passed since
+    /// the last look, and rebuilds the user table when it changed.
+    fn sync_users(&self, poll: Duration) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.users_checked_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < poll.as_millis() as u64 {
+            return;
+        }
+        // One looker at a time; the others go on with the table they have.
+        let mut seen = match self.users_seen.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        self.users_checked_ms.store(now.max(1), Ordering::Release);
+        let version = match self.store.users_version() {
+            Ok(v) if v != *seen => v,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the users' version in auth.db");
+                return;
+            }
+        };
+        match self.store.users() {
+            Ok(stored) => {
+                *seen = version;
+                let current = self.policy.load();
+                let next = Policy {
+                    cfg: current.cfg.clone(),
+                    users: HashMap::new(),
+                    base: current.base.clone(),
+                    rules: current.rules.clone(),
+                }
+                .with_stored(stored);
+                tracing::info!(
+                    users = next.users.len(),
+                    "users changed in auth.db: reloaded"
+                );
+                self.policy.store(Arc::new(next));
+                self.verified.invalidate_all();
+                self.changed();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the users of auth.db"),
+        }
     }
 
     /// Marks the auth state changed: bearer tokens' access is checked again.
@@ -404,6 +476,7 @@ impl Auth {
     /// Whether anyone can log in at all: users or live API tokens exist. Without,
     /// this is a pull-only mirror and `/v2/` does not ask anonymous clients to log in.
     pub fn has_identities(&self) -> bool {
+        self.sync_users(USERS_POLL);
         if self.user_count() > 0 {
             return true;
         }
@@ -689,6 +762,12 @@ impl Auth {
         password: &str,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
+        let known = self.policy.load().users.contains_key(user);
+        self.sync_users(if known {
+            USERS_POLL
+        } else {
+            USERS_POLL_UNKNOWN
+        });
         // Refused at once: a client that has failed against a user over its limit.
         self.user_gate(client, user)?;
         let attempt = self.reserve(client, user).await?;
@@ -1189,6 +1268,71 @@ pub fn admin_token(keys: &jwt::Keys, service: &str) -> String {
     })
 }
 
+/// The grants of the `[auth]` rules, one per repository pattern and subject.
+pub fn rule_grants(cfg: &AuthConfig) -> Vec<Grant> {
+    let mut rules = Vec::new();
+    for r in &cfg.rules {
+        let actions = Actions::of(&r.actions);
+        for pattern in &r.repos {
+            let subjects = r
+                .users
+                .iter()
+                .map(|u| Subject::User(u.clone()))
+                .chain(r.groups.iter().map(|g| Subject::Group(g.clone())));
+            for subject in subjects {
+                rules.push(Grant {
+                    pattern: pattern.clone(),
+                    subject,
+                    actions,
+                });
+            }
+        }
+    }
+    rules
+}
+
+/// The repository patterns `grants` let `user` (a member of `groups`) push to.
+pub fn push_patterns(grants: &[Grant], user: &str, groups: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = grants
+        .iter()
+        .filter(|g| g.actions.contains(Action::Push))
+        .filter(|g| match &g.subject {
+            Subject::User(u) => u == user,
+            Subject::Group(x) => groups.contains(x),
+        })
+        .map(|g| g.pattern.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One line saying who may push where by `grants` (rules and stored permissions), or
+/// what to add when nobody may.
+pub fn describe_push(grants: &[Grant], loopback_writes: bool) -> String {
+    let mut who: Vec<String> = grants
+        .iter()
+        .filter(|g| g.actions.contains(Action::Push))
+        .map(|g| format!("{} {} on {}", g.subject.kind(), g.subject.name(), g.pattern))
+        .collect();
+    who.sort();
+    who.dedup();
+    let loopback = match loopback_writes {
+        true => {
+            "; anonymous clients on loopback may push too (server.hosted_writes = \"loopback\")"
+        }
+        false => "",
+    };
+    if who.is_empty() {
+        return format!(
+            "no user may push: add a rule under [auth] (repos = [\"agents/*\"], users = [\"NAME\"], \
+             actions = [\"pull\", \"push\"]) or run `agent registry permission add 'agents/*' \
+             --user NAME -p push`, and a user with `agent-registry user add NAME`{loopback}"
+        );
+    }
+    format!("a push needs the login of: {}{loopback}", who.join(", "))
+}
+
 /// Makes a bcrypt hash (cost 12) for config or htpasswd. Refuses passwords bcrypt
 /// would cut short (over [`MAX_PASSWORD_BYTES`]).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -1221,6 +1365,80 @@ mod tests {
         let off = Auth::new(&cfg, dir.path()).unwrap();
         off.log_access(AccessEntry::sample(store::now_ms()));
         assert_eq!(off.log_tx.capacity(), LOG_QUEUE);
+    }
+
+    #[test]
+    fn stored_users_join_the_config_users_which_win() {
+        use crate::config::{Secret, UserConfig};
+        let h = |pw: &str| bcrypt::hash(pw, 4).unwrap();
+        let cfg = AuthConfig {
+            users: vec![
+                UserConfig {
+                    name: "ann".into(),
+                    password_hash: Some(Secret::new(h("config"))),
+                    groups: vec!["ops".into()],
+                },
+                UserConfig {
+                    name: "bob".into(),
+                    password_hash: None,
+                    groups: vec!["ops".into()],
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let stored = |name: &str, pw: &str| store::StoredUser {
+            name: name.into(),
+            hash: h(pw),
+            groups: vec!["ci".into()],
+        };
+        let p = Policy::build(&cfg).unwrap().with_stored(vec![
+            stored("ann", "db"),
+            stored("bob", "db"),
+            stored("cy", "db"),
+        ]);
+        let check =
+            |u: &str, pw: &str| bcrypt::verify(pw, p.users[u].hash.as_ref().unwrap()).unwrap();
+        assert!(check("ann", "config") && !check("ann", "db"));
+        assert_eq!(p.users["ann"].groups, vec!["ops".to_string()]);
+        assert!(check("bob", "db"));
+        assert_eq!(
+            p.users["bob"].groups,
+            vec!["ops".to_string(), "ci".to_string()]
+        );
+        assert!(check("cy", "db"));
+        // Rebuilt from the base, a removed stored user is gone.
+        let p = p.with_stored(Vec::new());
+        assert!(!p.users.contains_key("cy") && p.users["bob"].hash.is_none());
+    }
+
+    #[test]
+    fn push_rules_are_described() {
+        let g = |subject: Subject, pattern: &str, actions: &[Action]| Grant {
+            pattern: pattern.into(),
+            subject,
+            actions: Actions::of(actions),
+        };
+        let grants = vec![
+            g(
+                Subject::Group("ci".into()),
+                "agents/*",
+                &[Action::Pull, Action::Push],
+            ),
+            g(Subject::User("ro".into()), "*", &[Action::Pull]),
+            g(Subject::User("root".into()), "*", &[Action::Admin]),
+        ];
+        assert_eq!(
+            describe_push(&grants, false),
+            "a push needs the login of: group ci on agents/*, user root on *"
+        );
+        assert!(describe_push(&grants[1..2], true).starts_with("no user may push: add a rule"));
+        assert!(describe_push(&[], true).ends_with("(server.hosted_writes = \"loopback\")"));
+        assert_eq!(
+            push_patterns(&grants, "x", &["ci".into()]),
+            vec!["agents/*"]
+        );
+        assert_eq!(push_patterns(&grants, "ro", &[]), Vec::<String>::new());
+        assert_eq!(push_patterns(&grants, "root", &[]), vec!["*"]);
     }
 
     #[test]

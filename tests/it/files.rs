@@ -92,3 +92,41 @@ fn agent_login_never_writes_through_a_planted_temp_file() {
         .collect();
     assert_eq!(left, Vec::<String>::new());
 }
+
+#[test]
+fn agent_login_writes_an_auth_json_that_podman_reads() {
+    let srv = TestServer::start_with(crate::auth::configure);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An older flat file of `agent login` ({URL: base64}) is carried over.
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{"https://old.example.com": "b2xkOnB3"}"#,
+    )
+    .expect("old file");
+    let stdin = format!("{}\n", crate::auth::PASSWORD);
+    let o = crate::auth::agent(
+        &srv,
+        dir.path(),
+        &["login", "-u", "writer", "--password-stdin"],
+        Some(&stdin),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = dir.path().join("auth.json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("auth.json")).expect("JSON");
+    assert_eq!(v["auths"]["old.example.com"]["auth"], "b2xkOnB3", "{v}");
+    assert!(v["auths"][srv.host()]["auth"].is_string(), "{v}");
+    if !crate::support::tools::require("podman") {
+        return;
+    }
+    let podman = crate::support::tools::Podman::new();
+    let o = podman
+        .cmd()
+        .env("REGISTRY_AUTH_FILE", &file)
+        .args(["login", "--get-login"])
+        .arg(srv.host())
+        .output()
+        .expect("podman");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "writer");
+}

@@ -24,6 +24,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod profiles;
 mod search;
 mod sendfile;
 mod tls;

@@ -87,7 +87,10 @@ impl From<StorageError> for Error {
 
 impl From<MetaError> for Error {
     fn from(e: MetaError) -> Self {
-        Error::Internal(e.to_string())
+        match e.is_out_of_space() {
+            true => Error::insufficient_storage(&e),
+            false => Error::Internal(e.to_string()),
+        }
     }
 }
 

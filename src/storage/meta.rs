@@ -52,12 +52,33 @@ CREATE TABLE IF NOT EXISTS uploads (
 "#;
 
 #[derive(Debug, thiserror::Error)]
-#[error("metadata store: {0}")]
-pub struct MetaError(String);
+#[error("metadata store: {message}")]
+pub struct MetaError {
+    message: String,
+    /// SQLite could not grow its files: the disk (or the quota) is full.
+    full: bool,
+}
+
+impl MetaError {
+    pub fn new(message: impl Into<String>) -> MetaError {
+        MetaError {
+            message: message.into(),
+            full: false,
+        }
+    }
+
+    /// The write failed because the disk is full (`SQLITE_FULL`).
+    pub fn is_out_of_space(&self) -> bool {
+        self.full
+    }
+}
 
 impl From<rusqlite::Error> for MetaError {
     fn from(e: rusqlite::Error) -> Self {
-        MetaError(e.to_string())
+        MetaError {
+            full: e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -132,11 +153,11 @@ impl Meta {
         tokio::task::spawn_blocking(move || {
             let mut c = conn
                 .lock()
-                .map_err(|_| MetaError("connection mutex poisoned".into()))?;
+                .map_err(|_| MetaError::new("connection mutex poisoned"))?;
             f(&mut c)
         })
         .await
-        .map_err(|e| MetaError(format!("blocking task failed: {e}")))?
+        .map_err(|e| MetaError::new(format!("blocking task failed: {e}")))?
     }
 
     /// Like [`Meta::with`], for the mirror's cache bookkeeping (cache index rows, tag
@@ -164,7 +185,7 @@ impl Meta {
         let mut c = self
             .conn
             .lock()
-            .map_err(|_| MetaError("connection mutex poisoned".into()))?;
+            .map_err(|_| MetaError::new("connection mutex poisoned"))?;
         f(&mut c)
     }
 
@@ -186,7 +207,7 @@ impl Meta {
         let c = self
             .conn
             .lock()
-            .map_err(|_| MetaError("connection mutex poisoned".into()))?;
+            .map_err(|_| MetaError::new("connection mutex poisoned"))?;
         let mut stmt = c.prepare(
             "SELECT repo FROM hosted_repos UNION SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs",
         )?;

@@ -39,7 +39,10 @@ pub fn is_out_of_space(e: &io::Error) -> bool {
 impl StorageError {
     /// The write failed because the disk is full (not the store's fault, nor the client's).
     pub fn is_out_of_space(&self) -> bool {
-        matches!(self, StorageError::Io(e) if is_out_of_space(e))
+        match self {
+            StorageError::Io(e) => is_out_of_space(e),
+            StorageError::Meta(m) => m.is_out_of_space(),
+        }
     }
 }
 

@@ -552,3 +552,67 @@ async fn a_push_onto_a_full_disk_answers_507_and_keeps_no_upload_data() {
     assert_still_served(&http, &[Known::blob(REPO, &small)]).await;
     drop(srv);
 }
+
+/// A registry whose disk filled before anything was ever pushed: the metadata store
+/// (SQLite) is the first to find no room, and that too is 507, not 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_push_onto_a_full_disk_answers_507_from_the_metadata_store_too() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mnt = root.path().join("small");
+    std::fs::create_dir_all(&mnt).expect("mkdir");
+    if crate::cache::tmpfs(&mnt, "4m").is_none() {
+        return;
+    }
+    let _unmount = crate::cache::Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let srv = TestServer::start_with({
+        let data = data.clone();
+        move |cfg| cfg.storage.data_dir = data
+    });
+    let http = Http::new(&srv.host());
+    // Fill the disk to the last byte with a file outside the data directory.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(mnt.join("filler")).expect("filler");
+        let block = vec![7u8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(28), "{e}");
+                break;
+            }
+        }
+        let mut small = [0u8; 1];
+        while f.write_all(&small).is_ok() {
+            small[0] = small[0].wrapping_add(1);
+        }
+    }
+    let blob = bytes(1000, 9);
+    let digest = Digest::sha256_of(&blob).to_string();
+    let r = http
+        .send(
+            Method::POST,
+            &format!("/v2/{REPO}/blobs/uploads/?digest={digest}"),
+            &[("content-type", "application/octet-stream")],
+            blob.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{}", show(&r));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("insufficient storage space"),
+        "{}",
+        show(&r)
+    );
+    let r = http
+        .send(
+            Method::POST,
+            &format!("/v2/{REPO}/blobs/uploads/"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INSUFFICIENT_STORAGE, "{}", show(&r));
+    // Room again: the same push goes through.
+    std::fs::remove_file(mnt.join("filler")).expect("rm filler");
+    http.push_blob(REPO, &bytes(1000, 9)).await;
+    drop(srv);
+}

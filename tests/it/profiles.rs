@@ -590,9 +590,9 @@ fn retries_honour_retry_after_back_off_on_5xx_and_never_repeat_4xx() {
         s.too_many = 1;
         s.retry_after = Some("3600".into());
     });
-    let (o, took) = agent(&["registry", "health"]);
+    let (o, took) = agent(&["registry", "ping"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(fake.hits("GET", "/readyz"), 1);
+    assert_eq!(fake.hits("GET", "/v2/"), 1);
     assert!(took < Duration::from_secs(10), "{took:?}");
 
     // A burst of 503s is ridden out with backoff.

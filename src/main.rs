@@ -55,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Add, list and remove users kept in the data directory (auth.db); a running
+    /// server sees the change within a second, without a restart.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Read a password from stdin and print its bcrypt hash for auth.users or htpasswd.
     HashPassword,
     /// The cache: stats and purge ask the running server; verify checks the data directory.
@@ -74,12 +80,52 @@ enum Command {
     },
 }
 
+/// The config and the data directory, as `serve` takes them.
+#[derive(clap::Args, Clone)]
+struct StoreArg {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Data directory, overrides storage.data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add user NAME (or set its password and groups) with a bcrypt hash of the password.
+    Add {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+        /// Read the password from stdin; without it a terminal is asked (twice).
+        #[arg(long)]
+        password_stdin: bool,
+        /// A group the user belongs to (rules may grant to groups). Repeatable.
+        #[arg(long = "group", short = 'g', action = clap::ArgAction::Append)]
+        groups: Vec<String>,
+    },
+    /// List the users of the data directory (not those of the config or htpasswd file).
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove user NAME from the data directory.
+    Remove {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token for USER; it is printed once and never again.
     Create {
         #[command(flatten)]
-        config: ConfigArg,
+        store: StoreArg,
         /// The user the token acts as; it gets at most what the rules grant this user.
         #[arg(long)]
         user: String,
@@ -93,14 +139,17 @@ enum TokenCommand {
     /// List tokens (never the tokens themselves).
     List {
         #[command(flatten)]
-        config: ConfigArg,
+        store: StoreArg,
         #[arg(long)]
         user: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a token by its id (tok_...).
     Revoke {
         #[command(flatten)]
-        config: ConfigArg,
+        store: StoreArg,
         id: String,
     },
 }
@@ -288,11 +337,22 @@ async fn serve(
     if let Some(a) = running.admin_addr {
         tracing::info!(addr = %a, "admin listener (health, metrics, /admin) on http://{a}");
     }
+    {
+        let (rules, perms) = app.auth.all_grants();
+        let mut grants = rules;
+        grants.extend(perms);
+        let loopback =
+            app.config.server.hosted_writes == agent_registry::config::HostedWrites::Loopback;
+        tracing::info!(
+            "pushes: {}",
+            agent_registry::auth::describe_push(&grants, loopback)
+        );
+    }
     if !app.auth.has_identities() {
         tracing::info!(
             "no users or API tokens: serving as a pull-only mirror; add users under [auth] \
-             (agent-registry hash-password makes the bcrypt hash) or run \
-             agent-registry token create --user NAME --scope 'agents/*:pull,push'"
+             (agent-registry hash-password makes the bcrypt hash), run agent-registry user \
+             add NAME, or agent-registry token create --user NAME --scope 'agents/*:pull,push'"
         );
     }
     // The start-up lines are out before systemd (or a test) hears we are ready.
@@ -311,11 +371,164 @@ async fn serve(
     Ok(())
 }
 
-fn token_store(config: &ConfigArg) -> anyhow::Result<agent_registry::auth::store::Store> {
-    let cfg = load(config)?;
+/// The config (with `--data-dir` applied) and the data directory's auth store.
+fn token_store(arg: &StoreArg) -> anyhow::Result<(Config, agent_registry::auth::store::Store)> {
+    let mut cfg = load(&arg.config)?;
+    if let Some(d) = &arg.data_dir {
+        cfg.storage.data_dir = d.clone();
+    }
     let dir = &cfg.storage.data_dir;
-    agent_registry::auth::store::Store::open(dir)
-        .with_context(|| format!("opening the token store in {}", dir.display()))
+    let st = agent_registry::auth::store::Store::open(dir)
+        .with_context(|| format!("opening the auth store in {}", dir.display()))?;
+    Ok((cfg, st))
+}
+
+/// Warns on stderr when no rule or stored permission lets `user` push anywhere.
+fn warn_unless_may_push(
+    cfg: &Config,
+    st: &agent_registry::auth::store::Store,
+    user: &str,
+    groups: &[String],
+) {
+    use agent_registry::auth::{push_patterns, rule_grants};
+    let mut grants = rule_grants(&cfg.auth);
+    grants.extend(st.permissions().unwrap_or_default());
+    let patterns = push_patterns(&grants, user, groups);
+    if patterns.is_empty() {
+        eprintln!(
+            "agent-registry: warning: no rule lets {user} push anywhere: add a rule under \
+             [auth] in {} (repos = [\"agents/*\"], users = [\"{user}\"], actions = \
+             [\"pull\", \"push\"]) or run `agent registry permission add 'agents/*' --user \
+             {user} -p pull,push` as an admin",
+            cfg.origin
+        );
+    } else {
+        eprintln!("{user} may push to {}", patterns.join(", "));
+    }
+}
+
+/// Groups of `user` in the config and in auth.db.
+fn groups_of(cfg: &Config, st: &agent_registry::auth::store::Store, user: &str) -> Vec<String> {
+    let mut g: Vec<String> = cfg
+        .auth
+        .users
+        .iter()
+        .filter(|u| u.name == user)
+        .flat_map(|u| u.groups.clone())
+        .collect();
+    for u in st.users().unwrap_or_default() {
+        if u.name == user {
+            g.extend(u.groups);
+        }
+    }
+    g
+}
+
+fn read_new_password(from_stdin: bool) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("stdin is not a terminal: give the password on stdin with --password-stdin");
+    }
+    let pw = agent_registry::cli::creds::prompt_hidden("Password: ")?;
+    if agent_registry::cli::creds::prompt_hidden("Password again: ")? != pw {
+        anyhow::bail!("the passwords differ");
+    }
+    Ok(pw)
+}
+
+fn user_command(command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add {
+            store,
+            name,
+            password_stdin,
+            groups,
+        } => {
+            let valid = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+            if !valid {
+                anyhow::bail!(
+                    "invalid user name {name:?}: use letters, digits and . _ - @ (at most 128)"
+                );
+            }
+            if let Some(g) = groups.iter().find(|g| g.is_empty() || g.contains(',')) {
+                anyhow::bail!("invalid group name {g:?}");
+            }
+            let (cfg, st) = token_store(&store)?;
+            if cfg
+                .auth
+                .users
+                .iter()
+                .any(|u| u.name == name && u.password_hash.is_some())
+            {
+                anyhow::bail!(
+                    "user {name} has a password in {} (auth.users), which wins: change it there",
+                    cfg.origin
+                );
+            }
+            let pw = read_new_password(password_stdin)?;
+            if pw.is_empty() {
+                anyhow::bail!("empty password");
+            }
+            let hash = agent_registry::auth::hash_password(&pw).map_err(anyhow::Error::msg)?;
+            st.put_user(&name, &hash, &groups)?;
+            audit_cli(
+                &st,
+                "user_added",
+                format!("{name} groups={}", groups.join(",")),
+            );
+            println!(
+                "user {name} saved in {} (groups: {}); a running server uses it within a second",
+                cfg.storage.data_dir.join("auth.db").display(),
+                if groups.is_empty() {
+                    "-".to_string()
+                } else {
+                    groups.join(",")
+                }
+            );
+            let all = groups_of(&cfg, &st, &name);
+            warn_unless_may_push(&cfg, &st, &name, &all);
+            Ok(())
+        }
+        UserCommand::List { store, json } => {
+            let (_, st) = token_store(&store)?;
+            let users = st.users()?;
+            if json {
+                let v: Vec<serde_json::Value> = users
+                    .iter()
+                    .map(|u| serde_json::json!({ "name": u.name, "groups": u.groups }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{:<24} GROUPS", "USER");
+            for u in users {
+                println!("{:<24} {}", u.name, u.groups.join(","));
+            }
+            Ok(())
+        }
+        UserCommand::Remove { store, name } => {
+            let (_, st) = token_store(&store)?;
+            match st.remove_user(&name)? {
+                true => {
+                    audit_cli(&st, "user_removed", name.clone());
+                    println!("removed user {name}");
+                    Ok(())
+                }
+                false => anyhow::bail!("no user {name} in the data directory"),
+            }
+        }
+    }
 }
 
 /// Records a token change made from the command line in the audit log.
@@ -338,7 +551,7 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
     use agent_registry::auth::{policy::parse_scope, store};
     match command {
         TokenCommand::Create {
-            config,
+            store,
             user,
             scopes,
             expires,
@@ -354,7 +567,7 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let st = token_store(&config)?;
+            let (cfg, st) = token_store(&store)?;
             let (token, info) = st.create_token(&user, &scopes.join(" "), expires)?;
             audit_cli(
                 &st,
@@ -369,10 +582,17 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
                 info.expires.map_or("never".into(), store::rfc3339)
             );
             println!("{token}");
+            let groups = groups_of(&cfg, &st, &user);
+            warn_unless_may_push(&cfg, &st, &user, &groups);
             Ok(())
         }
-        TokenCommand::List { config, user } => {
-            let st = token_store(&config)?;
+        TokenCommand::List { store, user, json } => {
+            let (_, st) = token_store(&store)?;
+            if json {
+                let tokens = st.tokens(user.as_deref())?;
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
             println!(
                 "{:<18} {:<16} {:<10} {:<21} SCOPES",
                 "ID", "USER", "STATE", "EXPIRES"
@@ -392,8 +612,8 @@ fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCommand::Revoke { config, id } => {
-            let st = token_store(&config)?;
+        TokenCommand::Revoke { store, id } => {
+            let (_, st) = token_store(&store)?;
             match st.revoke_token(&id)? {
                 true => {
                     audit_cli(&st, "token_revoked", id.clone());
@@ -496,6 +716,7 @@ fn main() -> std::process::ExitCode {
             print!("{}", c.to_toml_redacted());
         }),
         Command::Token { command } => token_command(command),
+        Command::User { command } => user_command(command),
         Command::HashPassword => hash_password(),
         Command::Cache { command } => match command {
             CacheCommand::Stats { config, admin: a } => {

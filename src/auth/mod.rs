@@ -122,10 +122,16 @@ pub enum RepoKind {
     Hosted { exists: bool },
 }
 
+#[derive(Clone)]
 struct User {
     hash: Option<String>,
     groups: Vec<String>,
 }
+
+/// How often a running server looks for users added with `agent-registry user add`
+/// (at most; a login as a name it does not know looks sooner, see [`USERS_POLL_UNKNOWN`]).
+const USERS_POLL: Duration = Duration::from_secs(1);
+const USERS_POLL_UNKNOWN: Duration = Duration::from_millis(100);
 
 /// Users and rules built from `[auth]` (and the htpasswd file), ready to install.
 pub struct AuthPolicy(Policy);
@@ -139,7 +145,10 @@ impl AuthPolicy {
 /// The part that `SIGHUP` replaces: users and rules.
 struct Policy {
     cfg: AuthConfig,
+    /// Config and htpasswd users merged with those of `auth.db`.
     users: HashMap<String, User>,
+    /// Config and htpasswd users only.
+    base: HashMap<String, User>,
     rules: Vec<Grant>,
 }
 
@@ -169,29 +178,32 @@ impl Policy {
             }
             slot.groups.extend(u.groups.iter().cloned());
         }
-        let mut rules = Vec::new();
-        for r in &cfg.rules {
-            let actions = Actions::of(&r.actions);
-            for pattern in &r.repos {
-                let subjects = r
-                    .users
-                    .iter()
-                    .map(|u| Subject::User(u.clone()))
-                    .chain(r.groups.iter().map(|g| Subject::Group(g.clone())));
-                for subject in subjects {
-                    rules.push(Grant {
-                        pattern: pattern.clone(),
-                        subject,
-                        actions,
-                    });
-                }
-            }
-        }
+        let rules = rule_grants(cfg);
         Ok(Policy {
             cfg: cfg.clone(),
+            base: users.clone(),
             users,
             rules,
         })
+    }
+
+    /// This policy with the users of `auth.db` added. The config and htpasswd file win
+    /// for a name they give a password; one they list without a password takes the
+    /// stored hash and both lists of groups.
+    fn with_stored(mut self, stored: Vec<store::StoredUser>) -> Policy {
+        let mut users = self.base.clone();
+        for u in stored {
+            let slot = users.entry(u.name).or_insert(User {
+                hash: None,
+                groups: Vec::new(),
+            });
+            if slot.hash.is_none() {
+                slot.hash = Some(u.hash);
+                slot.groups.extend(u.groups);
+            }
+        }
+        self.users = users;
+        self
     }
 }
 
@@ -306,6 +318,8 @@ pub struct Auth {
     hashing: Arc<Semaphore>,
     /// bcrypt verifications run (unknown users included).
     password_checks: AtomicU64,
+    /// When `auth.db`'s users were last looked at, and their version then.
+    users_seen: Mutex<(Instant, i64)>,
     log_tx: tokio::sync::mpsc::Sender<LogRecord>,
     log_rx: Mutex<Option<tokio::sync::mpsc::Receiver<LogRecord>>>,
 }
@@ -322,8 +336,9 @@ const LOG_BATCH: usize = 8192;
 
 impl Auth {
     pub fn new(cfg: &AuthConfig, data_dir: &Path) -> Result<Auth, String> {
-        let policy = Policy::build(cfg)?;
         let store = Store::open(data_dir).map_err(|e| e.to_string())?;
+        let users_version = store.users_version().map_err(|e| e.to_string())?;
+        let policy = Policy::build(cfg)?.with_stored(store.users().map_err(|e| e.to_string())?);
         let keys = jwt::Keys::load_or_create(&data_dir.join("auth"))
             .map_err(|e| format!("token signing key: {e}"))?;
         let perms = store.permissions().map_err(|e| e.to_string())?;
@@ -369,6 +384,7 @@ impl Auth {
                 .build(),
             hashing: Arc::new(Semaphore::new(hashing_threads())),
             password_checks: AtomicU64::new(0),
+            users_seen: Mutex::new((Instant::now(), users_version)),
             log_tx,
             log_rx: Mutex::new(Some(log_rx)),
         })
@@ -376,11 +392,55 @@ impl Auth {
 
     /// Replaces users and rules (`SIGHUP`); forgets verified passwords.
     pub fn install(&self, policy: AuthPolicy) {
-        self.policy.store(Arc::new(policy.0));
+        let stored = self.store.users().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the users of auth.db; using config users only");
+            Vec::new()
+        });
+        self.policy.store(Arc::new(policy.0.with_stored(stored)));
         self.verified.invalidate_all();
         // The service (audience and issuer) may have changed.
         self.bearers.invalidate_all();
         self.changed();
+    }
+
+    /// Picks up users added, changed or removed in `auth.db` by `agent-registry user
+    /// add` (another process): looks at the users' version when `poll` has passed since
+    /// the last look, and rebuilds the user table when it changed.
+    fn sync_users(&self, poll: Duration) {
+        let mut seen = self.users_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.0.elapsed() < poll {
+            return;
+        }
+        seen.0 = Instant::now();
+        let version = match self.store.users_version() {
+            Ok(v) if v != seen.1 => v,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the users' version in auth.db");
+                return;
+            }
+        };
+        match self.store.users() {
+            Ok(stored) => {
+                seen.1 = version;
+                let current = self.policy.load();
+                let next = Policy {
+                    cfg: current.cfg.clone(),
+                    users: HashMap::new(),
+                    base: current.base.clone(),
+                    rules: current.rules.clone(),
+                }
+                .with_stored(stored);
+                tracing::info!(
+                    users = next.users.len(),
+                    "users changed in auth.db: reloaded"
+                );
+                self.policy.store(Arc::new(next));
+                self.verified.invalidate_all();
+                self.changed();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the users of auth.db"),
+        }
     }
 
     /// Marks the auth state changed: bearer tokens' access is checked again.
@@ -404,6 +464,7 @@ impl Auth {
     /// Whether anyone can log in at all: users or live API tokens exist. Without,
     /// this is a pull-only mirror and `/v2/` does not ask anonymous clients to log in.
     pub fn has_identities(&self) -> bool {
+        self.sync_users(USERS_POLL);
         if self.user_count() > 0 {
             return true;
         }
@@ -689,6 +750,12 @@ impl Auth {
         password: &str,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
+        let known = self.policy.load().users.contains_key(user);
+        self.sync_users(if known {
+            USERS_POLL
+        } else {
+            USERS_POLL_UNKNOWN
+        });
         // Refused at once: a client that has failed against a user over its limit.
         self.user_gate(client, user)?;
         let attempt = self.reserve(client, user).await?;
@@ -1187,6 +1254,71 @@ pub fn admin_token(keys: &jwt::Keys, service: &str) -> String {
         tid: None,
         cli: true,
     })
+}
+
+/// The grants of the `[auth]` rules, one per repository pattern and subject.
+pub fn rule_grants(cfg: &AuthConfig) -> Vec<Grant> {
+    let mut rules = Vec::new();
+    for r in &cfg.rules {
+        let actions = Actions::of(&r.actions);
+        for pattern in &r.repos {
+            let subjects = r
+                .users
+                .iter()
+                .map(|u| Subject::User(u.clone()))
+                .chain(r.groups.iter().map(|g| Subject::Group(g.clone())));
+            for subject in subjects {
+                rules.push(Grant {
+                    pattern: pattern.clone(),
+                    subject,
+                    actions,
+                });
+            }
+        }
+    }
+    rules
+}
+
+/// The repository patterns `grants` let `user` (a member of `groups`) push to.
+pub fn push_patterns(grants: &[Grant], user: &str, groups: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = grants
+        .iter()
+        .filter(|g| g.actions.contains(Action::Push))
+        .filter(|g| match &g.subject {
+            Subject::User(u) => u == user,
+            Subject::Group(x) => groups.contains(x),
+        })
+        .map(|g| g.pattern.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One line saying who may push where by `grants` (rules and stored permissions), or
+/// what to add when nobody may.
+pub fn describe_push(grants: &[Grant], loopback_writes: bool) -> String {
+    let mut who: Vec<String> = grants
+        .iter()
+        .filter(|g| g.actions.contains(Action::Push))
+        .map(|g| format!("{} {} on {}", g.subject.kind(), g.subject.name(), g.pattern))
+        .collect();
+    who.sort();
+    who.dedup();
+    let loopback = match loopback_writes {
+        true => {
+            "; anonymous clients on loopback may push too (server.hosted_writes = \"loopback\")"
+        }
+        false => "",
+    };
+    if who.is_empty() {
+        return format!(
+            "no user may push: add a rule under [auth] (repos = [\"agents/*\"], users = [\"NAME\"], \
+             actions = [\"pull\", \"push\"]) or run `agent registry permission add 'agents/*' \
+             --user NAME -p push`, and a user with `agent-registry user add NAME`{loopback}"
+        );
+    }
+    format!("a push needs the login of: {}{loopback}", who.join(", "))
 }
 
 /// Makes a bcrypt hash (cost 12) for config or htpasswd. Refuses passwords bcrypt

@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS access (
 );
 CREATE TABLE IF NOT EXISTS pulls (repo TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, hash TEXT NOT NULL, groups TEXT NOT NULL, updated INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
 "#;
 
 /// The access log has no index: every one tripled the cost of a record. A record's id
@@ -117,6 +121,23 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// A user added with `agent-registry user add`: a bcrypt hash and groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub name: String,
+    pub hash: String,
+    pub groups: Vec<String>,
+}
+
+fn bump_users_version(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    tx.execute(
+        "INSERT INTO users_version (id, version) VALUES (1, 1)
+         ON CONFLICT(id) DO UPDATE SET version = version + 1",
+        [],
+    )?;
+    Ok(())
+}
 
 /// An API token as stored: never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -272,6 +293,62 @@ impl Store {
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // Users (`agent-registry user add`). Every change bumps `users_version`, which a
+    // running server polls to pick the change up.
+
+    /// Adds `name` or replaces its hash and groups.
+    pub fn put_user(&self, name: &str, hash: &str, groups: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO users (name, hash, groups, updated) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET hash = ?2, groups = ?3, updated = ?4",
+            params![name, hash, groups.join(","), now_ms() as i64],
+        )?;
+        bump_users_version(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes `name`; false if there was no such user.
+    pub fn remove_user(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        bump_users_version(&tx)?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub fn users(&self) -> Result<Vec<StoredUser>> {
+        let conn = self.reader();
+        let mut st = conn.prepare("SELECT name, hash, groups FROM users ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            let groups: String = r.get(2)?;
+            Ok(StoredUser {
+                name: r.get(0)?,
+                hash: r.get(1)?,
+                groups: groups
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Changes with every user added, changed or removed.
+    pub fn users_version(&self) -> Result<i64> {
+        Ok(self
+            .reader()
+            .query_row("SELECT version FROM users_version WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0))
     }
 
     // API tokens.

@@ -31,6 +31,9 @@ pub enum PermissionCommand {
     List {
         /// Only those that apply to this repository.
         repo: Option<String>,
+        /// Print the registry's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -61,7 +64,7 @@ pub struct LogArgs {
 
 #[derive(Args)]
 pub struct SearchArgs {
-    /// Part of the name (or description) to look for.
+    /// Part of the name (or description) to look for; NAME:TAG also picks the tag.
     query: Option<String>,
     /// Only this tag.
     #[arg(long)]
@@ -93,7 +96,56 @@ pub struct SearchArgs {
     json: bool,
 }
 
-pub async fn search(c: &Client, a: SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+/// A `--since`/`--until` value: an RFC 3339 date (`2026-01-01`) or date and time
+/// (`2026-01-01T12:00:00Z`), as the registry compares them.
+fn check_date(flag: &str, v: &str) -> anyhow::Result<()> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (date, time) = match v.split_once(['T', 't', ' ']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (v, None),
+    };
+    let parts: Vec<&str> = date.split('-').collect();
+    let date_ok = parts.len() == 3
+        && digits(parts[0], 4)
+        && digits(parts[1], 2)
+        && digits(parts[2], 2)
+        && (1..=12).contains(&parts[1].parse::<u32>().unwrap_or(0))
+        && (1..=31).contains(&parts[2].parse::<u32>().unwrap_or(0));
+    let time_ok = time.is_none_or(|t| {
+        let hms = t.trim_end_matches(['Z', 'z']);
+        let hms = hms.split(['+', '-']).next().unwrap_or(hms);
+        let hms = hms.split('.').next().unwrap_or(hms);
+        let f: Vec<&str> = hms.split(':').collect();
+        (2..=3).contains(&f.len()) && f.iter().all(|x| digits(x, 2))
+    });
+    if !(date_ok && time_ok) {
+        bail!("invalid {flag} {v:?}: expected a date such as 2026-01-31 or 2026-01-31T12:00:00Z");
+    }
+    Ok(())
+}
+
+pub async fn search(c: &Client, mut a: SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    for (flag, v) in [("--since", &a.since), ("--until", &a.until)] {
+        if let Some(v) = v {
+            check_date(flag, v)?;
+        }
+    }
+    // `agent search my-agent:latest`: the name and the tag (a port stays in the name).
+    if let Some(q) = a.query.clone() {
+        if let Some((name, tag)) = q
+            .rsplit_once(':')
+            .filter(|(n, t)| !n.is_empty() && !t.is_empty() && !t.contains('/'))
+        {
+            if a.tag.as_deref().is_some_and(|t| t != tag) {
+                bail!(
+                    "{q:?} names tag {tag} but --tag says {}",
+                    a.tag.as_deref().unwrap_or("")
+                );
+            }
+            a.tag = Some(tag.to_string());
+            a.query = Some(name.to_string());
+        }
+    }
     let mut params = vec![
         format!("page={}", a.page),
         format!("per_page={}", a.per_page),
@@ -113,6 +165,7 @@ pub async fn search(c: &Client, a: SearchArgs, out: &mut dyn Write) -> anyhow::R
         }
     }
     let v = ok_json(
+        c,
         &c.get(&format!("/v2/_search?{}", params.join("&"))).await?,
         "search",
     )?;
@@ -150,23 +203,15 @@ pub async fn search(c: &Client, a: SearchArgs, out: &mut dyn Write) -> anyhow::R
 }
 
 /// The reply's JSON, or a one-line error from its status and OCI error body.
-fn ok_json(r: &Reply, what: &str) -> anyhow::Result<Value> {
+fn ok_json(c: &Client, r: &Reply, what: &str) -> anyhow::Result<Value> {
     if r.status.is_success() {
         return serde_json::from_slice(&r.body)
             .map_err(|e| anyhow!("{what}: the registry's answer is not JSON: {e}"));
     }
-    let msg = serde_json::from_slice::<Value>(&r.body)
-        .ok()
-        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    match r.status.as_u16() {
-        401 => bail!(
-            "{what}: authentication failed (log in with `agent login` or set AGENT_REGISTRY_TOKEN)"
-        ),
-        403 => bail!("{what}: permission denied: this needs admin on the registry"),
-        429 => bail!("{what}: rate limit exceeded"),
-        s => bail!("{what}: HTTP {s}: {msg}"),
+    if r.status == http::StatusCode::FORBIDDEN {
+        bail!("{what}: permission denied: this needs admin on the registry");
     }
+    Err(c.status_error(r, what))
 }
 
 fn body(v: &Value) -> Option<Vec<u8>> {
@@ -178,7 +223,7 @@ fn enc(s: &str) -> String {
 }
 
 pub async fn auth_test(c: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
-    let v = ok_json(&c.get("/admin/whoami").await?, "auth test")?;
+    let v = ok_json(c, &c.get("/admin/whoami").await?, "auth test")?;
     match v["user"].as_str() {
         Some(u) => {
             let groups: Vec<&str> = v["groups"]
@@ -234,6 +279,7 @@ pub async fn permission(
         } => {
             let b = request(&repo, &who, &permissions);
             let v = ok_json(
+                c,
                 &c.request(Method::POST, "/admin/permissions", body(&b))
                     .await?,
                 "permission add",
@@ -254,18 +300,23 @@ pub async fn permission(
         } => {
             let b = request(&repo, &who, &permissions);
             ok_json(
+                c,
                 &c.request(Method::DELETE, "/admin/permissions", body(&b))
                     .await?,
                 "permission remove",
             )?;
             writeln!(out, "removed")?;
         }
-        PermissionCommand::List { repo } => {
+        PermissionCommand::List { repo, json } => {
             let path = match &repo {
                 Some(r) => format!("/admin/permissions?repo={}", enc(r)),
                 None => "/admin/permissions".into(),
             };
-            let v = ok_json(&c.get(&path).await?, "permission list")?;
+            let v = ok_json(c, &c.get(&path).await?, "permission list")?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                return Ok(());
+            }
             writeln!(
                 out,
                 "{:<32} {:<22} {:<28} SOURCE",
@@ -316,7 +367,7 @@ pub async fn visibility(
         }
         None => c.get(&path).await?,
     };
-    let v = ok_json(&r, "visibility")?;
+    let v = ok_json(c, &r, "visibility")?;
     writeln!(
         out,
         "{}: {}",
@@ -331,7 +382,7 @@ pub async fn logs(c: &Client, kind: &str, a: LogArgs, out: &mut dyn Write) -> an
     if let Some(u) = &a.user {
         path.push_str(&format!("&user={}", enc(u)));
     }
-    let v = ok_json(&c.get(&path).await?, kind)?;
+    let v = ok_json(c, &c.get(&path).await?, kind)?;
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -393,7 +444,7 @@ pub async fn logs(c: &Client, kind: &str, a: LogArgs, out: &mut dyn Write) -> an
 pub async fn config_show(c: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
     let r = c.get("/admin/config").await?;
     if !r.status.is_success() {
-        ok_json(&r, "config show")?;
+        ok_json(c, &r, "config show")?;
     }
     write!(out, "{}", String::from_utf8_lossy(&r.body))?;
     Ok(())

@@ -4,35 +4,67 @@ pub mod admin;
 pub mod creds;
 pub mod http;
 pub mod images;
+pub mod profile;
 pub mod server_admin;
 
 use anyhow::{anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::io::Write;
 use std::time::Duration;
 
-/// The registry used when neither --registry nor AGENT_REGISTRY_URL is given.
-pub const DEFAULT_REGISTRY: &str = "http://localhost:5000";
+pub use profile::DEFAULT_REGISTRY;
 
 #[derive(Parser)]
 #[command(
     name = "agent",
     version,
-    about = "Client for agent-registry: push, pull and find AI agent images"
+    about = "Client for agent-registry: push, pull and find AI agent images",
+    after_help = "Exit status: 0 success, 1 error, 2 usage error.\n\
+                  Registry: --registry, else the profile of --profile, else AGENT_REGISTRY_URL, \
+                  else the profile `default` of $AAC_HOME/config.yaml (~/.aac/config.yaml), \
+                  else http://localhost:5000."
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub target: Target,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Args, Clone)]
+/// Which registry, as whom, and how patiently: accepted by every command.
+#[derive(Args, Clone, Debug)]
 pub struct Target {
-    /// Registry URL.
-    #[arg(long, env = "AGENT_REGISTRY_URL", default_value = DEFAULT_REGISTRY, global = true)]
-    pub registry: String,
-    /// How long to wait for the registry, e.g. 10s or 1m.
+    /// Registry URL or bare host[:port] (https, or http on loopback or an insecure profile).
+    #[arg(long, global = true)]
+    pub registry: Option<String>,
+    /// Profile under `registries:` in $AAC_HOME/config.yaml (default ~/.aac/config.yaml).
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// How long to wait for each attempt, e.g. 10s or 1m.
     #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true)]
     pub timeout: Duration,
+    /// Retries after connection errors, 5xx and 429 (exponential backoff with jitter).
+    #[arg(long, default_value_t = 3, global = true)]
+    pub retries: u32,
+}
+
+impl Target {
+    /// The registry the flags, the environment and the profiles select.
+    pub fn endpoint(&self) -> anyhow::Result<profile::Endpoint> {
+        profile::select(self.profile.as_deref(), self.registry.as_deref())
+    }
+
+    pub fn retry(&self) -> http::Retry {
+        http::Retry {
+            retries: self.retries,
+            ..http::Retry::default()
+        }
+    }
+
+    /// A client for the selected registry with the credentials found for it.
+    pub fn client(&self) -> anyhow::Result<http::Client> {
+        http::Client::for_endpoint(&self.endpoint()?, self.timeout, self.retry())
+    }
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -43,36 +75,34 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 pub enum Command {
     /// Talk to a registry server.
     Registry {
-        #[command(flatten)]
-        target: Target,
         #[command(subcommand)]
         command: RegistryCommand,
     },
-    /// Log in to a registry: check the credentials and keep them for later commands.
+    /// Log in to a registry: check the credentials and keep them (in auth.json format)
+    /// for later commands.
     Login {
-        #[command(flatten)]
-        target: Target,
+        /// User name (asked for on a terminal when missing).
         #[arg(long, short = 'u')]
-        username: String,
-        /// Read the password (or an API token) from stdin.
+        username: Option<String>,
+        /// Read the password (or an API token) from stdin; without it a terminal is asked.
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Forget the credentials kept for a registry.
-    Logout {
-        #[command(flatten)]
-        target: Target,
-    },
+    /// Forget the credentials `agent login` kept for a registry.
+    Logout,
     /// Find hosted agent images by name, tag, capability, author, date and size.
     Search {
-        #[command(flatten)]
-        target: Target,
         #[command(flatten)]
         args: admin::SearchArgs,
     },
     // Local images (src/cli/images.rs): build, images, load, save, tag, rmi, image prune.
     #[command(flatten)]
     Local(images::LocalCommand),
+    /// Print a shell completion script: agent completion bash > /etc/bash_completion.d/agent
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,11 +163,10 @@ pub enum ConfigCommand {
 
 /// Runs the parsed command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let target = cli.target;
     match cli.command {
-        Command::Registry { target, command } => {
-            let auth = creds::authorization(&target.registry)?;
-            let client =
-                http::Client::new(&target.registry, target.timeout)?.with_authorization(auth);
+        Command::Registry { command } => {
+            let client = target.client()?;
             match command {
                 RegistryCommand::Ping => ping(&client, out).await,
                 RegistryCommand::Health { detailed } => health(&client, detailed, out).await,
@@ -163,16 +192,25 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         }
         Command::Login {
-            target,
             username,
             password_stdin,
-        } => creds::login(&target, &username, password_stdin, out).await,
-        Command::Logout { target } => creds::logout(&target.registry, out),
-        Command::Search { target, args } => {
-            let auth = creds::authorization(&target.registry)?;
-            let client =
-                http::Client::new(&target.registry, target.timeout)?.with_authorization(auth);
-            admin::search(&client, args, out).await
+        } => {
+            let ep = target.endpoint()?;
+            creds::login(
+                &ep,
+                target.timeout,
+                username.as_deref(),
+                password_stdin,
+                out,
+            )
+            .await
+        }
+        Command::Logout => creds::logout(&target.endpoint()?, out),
+        Command::Search { args } => admin::search(&target.client()?, args, out).await,
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "agent", out);
+            Ok(())
         }
         Command::Local(command) => images::run(command, out),
     }

@@ -62,6 +62,40 @@ pub async fn handle(
                     })?;
                 ctx.identity = id.user.clone();
             }
+            // OAuth2 client credentials: an API token's id as client_id and the token
+            // itself as client_secret (in the form, or as HTTP Basic `id:secret`, which
+            // authenticated the request already). The token gets what the API token may.
+            Some("client_credentials") => {
+                let refused = |why: &str| {
+                    Error::client(
+                        StatusCode::UNAUTHORIZED,
+                        ErrorCode::Unauthorized,
+                        format!("invalid_client: {why}"),
+                    )
+                };
+                match (get("client_id"), get("client_secret")) {
+                    (Some(cid), Some(secret)) => {
+                        if !secret.starts_with(crate::auth::API_TOKEN_PREFIX) {
+                            return Err(refused("client_secret is not an API token"));
+                        }
+                        id = app
+                            .auth
+                            .authenticate(Some(&format!("Bearer {secret}")), client)
+                            .await
+                            .map_err(|e| refused(&e.to_string()))?;
+                        if id.token_id.as_deref() != Some(cid.as_str()) {
+                            return Err(refused("client_id does not name that API token"));
+                        }
+                    }
+                    (None, None) if matches!(id.method, crate::auth::Method::ApiToken(_)) => {}
+                    _ => {
+                        return Err(refused(
+                            "give an API token's id and the token as client_id and client_secret",
+                        ))
+                    }
+                }
+                ctx.identity = id.user.clone();
+            }
             Some("refresh_token") => {
                 return Err(Error::bad_request(
                     ErrorCode::Unsupported,

@@ -23,6 +23,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod pushpull;
 mod search;
 mod sendfile;
 mod tls;

@@ -417,3 +417,161 @@ fn image_info_shows_layers_labels_and_referrers() {
         text(&o.stderr)
     );
 }
+
+/// `podman login` writes the auth file; `agent push` and `agent pull` use it, nothing else.
+#[test]
+fn push_and_pull_with_podman_login_credentials_and_set_visibility() {
+    use crate::auth::{configure, PASSWORD};
+    if !crate::support::tools::require("podman") {
+        return;
+    }
+    let srv = TestServer::start_with(configure);
+    let host = srv.host();
+    let home = Home::new();
+    home.ok(&["images"]);
+    let info = img::single_image(&home.images(), "agents/pod:1", 41, &[5000, 70_000]);
+    let login = |home: &Home, user: &str| {
+        let podman = crate::support::tools::Podman::new();
+        let o = crate::support::tools::output(podman.cmd().args([
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            home.dir.path().join("auth.json").to_str().unwrap(),
+            "-u",
+            user,
+            "-p",
+            PASSWORD,
+            &host,
+        ]));
+        assert!(o.status.success(), "podman login: {}", text(&o.stderr));
+    };
+    // No credentials: the seed's error.
+    let o = home.run(&["push", "agents/pod:1", "--registry", &host]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("authentication failed"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    login(&home, "writer");
+    let v = home.json(&["push", "agents/pod:1", "--registry", &host, "--json"]);
+    assert_eq!(v["digest"], info.manifest_digest.as_str());
+    let puller = Home::new();
+    login(&puller, "writer");
+    puller.ok(&["pull", "agents/pod:1", "--registry", &host, "-q"]);
+    assert_eq!(puller.digest_of("agents/pod:1"), info.manifest_digest);
+
+    // --visibility goes through the admin API in the same command.
+    let admin = Home::new();
+    admin.ok(&["images"]);
+    img::single_image(&admin.images(), "agents/pod:2", 42, &[3000]);
+    login(&admin, "admin");
+    let out = admin.ok(&[
+        "push",
+        "agents/pod:2",
+        "--registry",
+        &host,
+        "--visibility",
+        "private",
+    ]);
+    assert!(out.contains("Visibility: private"), "{out}");
+    let shown = admin.ok(&["registry", "visibility", "agents/pod", "--registry", &host]);
+    assert!(shown.contains("private"), "{shown}");
+    let anon = Home::new();
+    let o = anon.run(&["pull", "agents/pod:1", "--registry", &host]);
+    assert!(
+        !o.status.success(),
+        "an anonymous client pulled a private image"
+    );
+}
+
+/// A TCP proxy that cuts the connection carrying the `cut_at`-th byte sent towards the
+/// server (once), then forwards everything.
+fn cutting_proxy(
+    target: std::net::SocketAddr,
+    cut_at: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut2 = cut.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(client) = c else { continue };
+            let Ok(server) = std::net::TcpStream::connect(target) else {
+                continue;
+            };
+            let (mut c_r, mut s_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_r, mut c_w) = (server, client);
+            let (sent, cut) = (sent.clone(), cut2.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match c_r.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                    if before < cut_at
+                        && before + n as u64 >= cut_at
+                        && !cut.swap(true, Ordering::SeqCst)
+                    {
+                        let _ = s_w.write_all(&buf[..(cut_at - before) as usize]);
+                        let _ = s_w.shutdown(std::net::Shutdown::Both);
+                        let _ = c_r.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    if s_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_w.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_r, &mut c_w);
+                let _ = c_w.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[test]
+fn a_push_cut_mid_chunk_continues_the_upload() {
+    let srv = TestServer::start();
+    let home = Home::new();
+    home.ok(&["images"]);
+    // One 20 MB layer: three chunks; the cut falls in the middle of the second.
+    let info = img::single_image(&home.images(), "agents/cut:1", 43, &[20_000_000]);
+    let (proxy, cut) = cutting_proxy(srv.addr, 12_000_000);
+    let v = home.json(&[
+        "push",
+        "agents/cut:1",
+        "--registry",
+        &proxy.to_string(),
+        "--json",
+    ]);
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy never cut"
+    );
+    assert_eq!(v["digest"], info.manifest_digest.as_str());
+    // The registry has every blob, whole: a pull from it verifies each digest.
+    let other = Home::new();
+    other.ok(&["pull", "agents/cut:1", "--registry", &srv.host(), "-q"]);
+    assert_eq!(other.digest_of("agents/cut:1"), info.manifest_digest);
+    wait_logged(&srv, "agents/cut", 1);
+    let ups = uploads(&srv, "agents/cut");
+    assert!(
+        ups.iter().filter(|(m, _)| m == "PATCH").count() >= 3,
+        "{ups:?}"
+    );
+}

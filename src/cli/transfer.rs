@@ -966,10 +966,6 @@ pub async fn pull_image(
         let (b, m, d) = get_manifest(&client, &r.repo, &child.digest).await?;
         (b, m, d, child.platform.clone())
     } else {
-        if let Some(p) = platform {
-            let (os, arch, _) = parse_platform(p)?;
-            let _ = (os, arch); // a single image is taken as it is
-        }
         (bytes, media, digest.clone(), None)
     };
     let m: crate::client::store::ManifestJson = serde_json::from_slice(&mbytes)
@@ -987,17 +983,36 @@ pub async fn pull_image(
         retries: target.retries,
         timeout: target.timeout,
     };
+    // The config first (small): a single image must match an asked-for platform.
+    let mut downloaded = usize::from(puller.blob(&config).await?);
+    if let (Some(p), None) = (platform, &platform_v) {
+        let (os, arch, variant) = parse_platform(p)?;
+        let cd: Digest = config
+            .digest
+            .parse()
+            .map_err(|e| anyhow!("bad digest {}: {e}", config.digest))?;
+        let c: Value = serde_json::from_slice(&store.read_blob(&cd)?).unwrap_or_default();
+        let same = c["os"].as_str() == Some(os.as_str())
+            && c["architecture"].as_str() == Some(arch.as_str())
+            && variant.is_none_or(|v| c["variant"].as_str() == Some(v.as_str()));
+        if !same {
+            bail!(
+                "image not found in registry: {what} is a single image for {}, not {p}",
+                platform_str(&c)
+            );
+        }
+    }
     let mut blobs = vec![config.clone()];
     for l in &m.layers {
         if !blobs.iter().any(|b| b.digest == l.digest) {
             blobs.push(l.clone());
         }
     }
-    let results: Vec<anyhow::Result<bool>> = stream::iter(blobs.iter().map(|d| puller.blob(d)))
-        .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
-    let mut downloaded = 0;
+    let results: Vec<anyhow::Result<bool>> =
+        stream::iter(blobs.iter().skip(1).map(|d| puller.blob(d)))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
     for res in results {
         if res? {
             downloaded += 1;

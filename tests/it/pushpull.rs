@@ -167,10 +167,39 @@ fn build_push_rmi_pull_gives_the_same_digest_and_skips_and_mounts() {
         "{other:?}"
     );
 
+    // --all-tags: every local tag of the name.
+    home.ok(&["tag", "agents/pp:1.0", "agents/pp:stable"]);
+    let v = home.json(&[
+        "push",
+        "agents/pp",
+        "--all-tags",
+        "--registry",
+        &host,
+        "--json",
+    ]);
+    let mut tags: Vec<&str> = v
+        .as_array()
+        .expect("one result per tag")
+        .iter()
+        .map(|r| r["tag"].as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["1.0", "stable"]);
+    home.ok(&["rmi", "agents/pp:stable"]);
+
     // rmi, then pull: the same manifest digest in the store.
     home.ok(&["rmi", "agents/pp:1.0", "agents/other:1.0"]);
     assert!(home.run(&["images", "-q"]).stdout.is_empty());
-    let out = home.ok(&["pull", "agents/pp:1.0", "--registry", &host]);
+    let o = home.run(&["pull", "agents/pp:1.0", "--registry", &host]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    // Not a terminal: one progress line per blob (config and layer) on stderr.
+    let err = text(&o.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.contains(": pulled (")).count(),
+        2,
+        "{err}"
+    );
     assert!(
         out.contains("Image ID: ") && out.contains("Size: "),
         "{out}"
@@ -282,6 +311,21 @@ fn pull_honours_retry_after_survives_503s_and_resumes_a_cut_layer() {
         "Retry-After was not waited for"
     );
     assert_eq!(home.digest_of("agents/flaky:1"), md);
+    // A single image is taken only for its own platform.
+    let o = home.run(&[
+        "pull",
+        "agents/flaky:1",
+        "--registry",
+        &url,
+        "--platform",
+        "linux/arm64",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("is a single image for linux/amd64, not linux/arm64"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // 503 bursts, then every body cut after 200 kB: the layer arrives through Ranges.
     let home = Home::new();

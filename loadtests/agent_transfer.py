@@ -127,6 +127,14 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="agent-transfer-"))
+    try:
+        run(a, work)
+    finally:
+        # About 1 GiB of layouts and stores: never leave it behind on a shared disk.
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(a, work):
     host = f"{lab.HOST}:{a.port}"
     skopeo = ["skopeo", "--insecure-policy"]
     lab.log(f"image: {LAYERS} layers of {LAYER_MIB} MiB in {work}")

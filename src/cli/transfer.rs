@@ -165,6 +165,13 @@ impl Progress {
         }
     }
 
+    /// Ends the bars' last line, so what follows starts on a line of its own.
+    fn finish(&self) {
+        if let Progress::Bars(_) = self {
+            eprintln!();
+        }
+    }
+
     fn layer(&self, digest: &str, size: u64) -> Layer {
         let id = short_id(digest);
         let bar = match self {
@@ -631,6 +638,7 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
             "blobs_uploaded": sent.iter().filter(|s| **s == Sent::Uploaded).count(),
         }));
     }
+    pusher.progress.finish();
     if let Some(v) = &a.visibility {
         let mut sink = Vec::new();
         super::admin::visibility(&client, &r.repo, Some(v), &mut sink).await?;
@@ -1018,6 +1026,7 @@ pub async fn pull_image(
             downloaded += 1;
         }
     }
+    puller.progress.finish();
     store.put_blob_from(&mut &mbytes[..], Some(&mdigest))?;
     let desc = Descriptor {
         media_type: mmedia,

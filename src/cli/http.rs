@@ -831,6 +831,158 @@ fn resolve(uri: &http::Uri, location: &str) -> String {
     format!("{scheme}://{authority}{dir}/{location}")
 }
 
+/// A reply whose body is still on the wire (blob downloads stream it to disk).
+pub struct StreamReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: hyper::body::Incoming,
+}
+
+impl Client {
+    /// Sends `method` to `path` with `headers` and streams the reply's body: retries,
+    /// redirects (without `Authorization` off-origin) and a 401's `Bearer` challenge as
+    /// [`Client::execute`]; only the response head is waited for (within the timeout),
+    /// the body is the caller's to read (and to resume with `Range` when it breaks off).
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> anyhow::Result<StreamReply> {
+        let mut auth = self.authorization("").await?;
+        let mut challenged = false;
+        let mut n = 0u32;
+        loop {
+            let result = self
+                .follow_stream(&method, path, &headers, auth.as_deref())
+                .await;
+            let wait = match &result {
+                Ok(r) if r.status == StatusCode::UNAUTHORIZED && !challenged => {
+                    challenged = true;
+                    match self.answer_challenge(&r.headers).await? {
+                        Some(token) => {
+                            auth = Some(format!("Bearer {token}"));
+                            continue;
+                        }
+                        None => return result,
+                    }
+                }
+                Err(_) => self.retry.backoff(n),
+                Ok(r) if retryable(r.status) => {
+                    let after = r.headers.get(http::header::RETRY_AFTER).and_then(|v| {
+                        let v = v.to_str().ok()?.trim();
+                        v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
+                            httpdate::parse_http_date(v).ok().map(|t| {
+                                t.duration_since(std::time::SystemTime::now())
+                                    .unwrap_or_default()
+                            })
+                        })
+                    });
+                    match after {
+                        Some(w) if w > self.retry.max_retry_after => return result,
+                        Some(w) => w,
+                        None => self.retry.backoff(n),
+                    }
+                }
+                Ok(_) => return result,
+            };
+            if n >= self.retry.retries {
+                return match result {
+                    Err(e) if n > 0 => Err(anyhow!("{e} (after {} attempts)", n + 1)),
+                    r => r,
+                };
+            }
+            tokio::time::sleep(wait).await;
+            n += 1;
+        }
+    }
+
+    async fn follow_stream(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        auth: Option<&str>,
+    ) -> anyhow::Result<StreamReply> {
+        let mut url = format!("{}{}", self.base, path);
+        for _ in 0..=5 {
+            let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(a) = auth.filter(|_| origin_of(&uri) == self.origin) {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            let req = req
+                .body(Full::new(Bytes::new()))
+                .with_context(|| format!("invalid URL {url}"))?;
+            let resp = tokio::time::timeout(self.timeout, self.inner.request(req))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "failed to connect to registry {}: no answer within {:?}",
+                        self.base,
+                        self.timeout
+                    )
+                })?
+                .map_err(|e| {
+                    anyhow!(
+                        "failed to connect to registry {}: {}",
+                        self.base,
+                        causes(&e)
+                    )
+                })?;
+            let (parts, body) = resp.into_parts();
+            let redirect = matches!(parts.status.as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = parts
+                .headers
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok());
+            let (true, Some(location)) = (redirect, location) else {
+                return Ok(StreamReply {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                });
+            };
+            url = resolve(&uri, location);
+        }
+        Err(anyhow!("{}{path}: too many redirects", self.base))
+    }
+
+    /// The registry's origin (`scheme://host:port`), to tell its own URLs from others.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Turns a `Location` the registry sent (absolute or not) into a path on it, or `None`
+    /// when it points at another origin.
+    pub fn path_of(&self, location: &str) -> Option<String> {
+        if !location.contains("://") {
+            return Some(match location.starts_with('/') {
+                true => location.to_string(),
+                false => format!("/{location}"),
+            });
+        }
+        let uri: http::Uri = location.parse().ok()?;
+        if origin_of(&uri) != self.origin {
+            return None;
+        }
+        let base_path = self
+            .base
+            .parse::<http::Uri>()
+            .ok()
+            .map(|b| b.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        Some(pq.strip_prefix(&base_path).unwrap_or(pq).to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod http;
 pub mod images;
 pub mod profile;
 pub mod server_admin;
+pub mod transfer;
 
 use anyhow::{anyhow, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -90,6 +91,10 @@ pub enum Command {
     },
     /// Forget the credentials `agent login` kept for a registry.
     Logout,
+    /// Push a local image (or every tag of a name) to the registry.
+    Push(transfer::PushArgs),
+    /// Pull an image from the registry into the local store.
+    Pull(transfer::PullArgs),
     /// Find hosted agent images by name, tag, capability, author, date and size.
     Search {
         #[command(flatten)]
@@ -139,6 +144,11 @@ pub enum RegistryCommand {
         /// public or private; without it the current visibility is shown.
         visibility: Option<String>,
     },
+    /// Inspect images in the registry.
+    Image {
+        #[command(subcommand)]
+        command: transfer::RemoteImageCommand,
+    },
     /// Requests recorded by the registry (admin).
     AccessLogs(admin::LogArgs),
     /// Logins, failures, token and permission changes, denied requests (admin).
@@ -166,6 +176,17 @@ pub enum ConfigCommand {
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let target = cli.target;
     match cli.command {
+        Command::Registry {
+            command:
+                RegistryCommand::Image {
+                    command:
+                        transfer::RemoteImageCommand::Info {
+                            image,
+                            platform,
+                            json,
+                        },
+                },
+        } => transfer::info(&target, &image, platform.as_deref(), json, out).await,
         Command::Registry { command } => {
             let client = target.client()?;
             match command {
@@ -185,6 +206,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 }
                 RegistryCommand::AccessLogs(args) => {
                     admin::logs(&client, "access-logs", args, out).await
+                }
+                RegistryCommand::Image { .. } => {
+                    bail!("internal error: image info is routed above")
                 }
                 RegistryCommand::Audit(args) => admin::logs(&client, "audit", args, out).await,
                 RegistryCommand::Config {
@@ -214,7 +238,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "agent", out);
             Ok(())
         }
-        Command::Local(command) => images::run(command, out),
+        Command::Push(a) => transfer::push(&target, a, out).await,
+        Command::Pull(a) => transfer::pull(&target, a, out).await,
+        Command::Local(command) => {
+            // A base image missing from the store is pulled through the registry first.
+            if let images::LocalCommand::Build(a) = &command {
+                transfer::pull_missing_base(&target, &a.dir).await?;
+            }
+            images::run(command, out)
+        }
     }
 }
 

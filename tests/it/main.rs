@@ -25,6 +25,7 @@ mod metrics;
 mod mirror;
 mod mirror_faults;
 mod profiles;
+mod pushpull;
 mod search;
 mod sendfile;
 mod tls;

@@ -717,6 +717,32 @@ impl Client {
         Ok(raw)
     }
 
+    /// One request to `url`: the user agent, the caller's headers, and `auth` only when
+    /// `url` is on the registry's own origin (never on a redirect elsewhere).
+    fn build(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &HeaderMap,
+        auth: Option<&str>,
+        body: Bytes,
+    ) -> anyhow::Result<Request<Full<Bytes>>> {
+        let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
+        let same_origin = origin_of(&uri) == self.origin;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        if let Some(a) = auth.filter(|_| same_origin) {
+            req = req.header(http::header::AUTHORIZATION, a);
+        }
+        req.body(Full::new(body))
+            .with_context(|| format!("invalid URL {url}"))
+    }
+
     /// Sends the request and follows redirects; the answer's body is not read.
     async fn follow(
         &self,
@@ -730,20 +756,8 @@ impl Client {
         let mut method = method.clone();
         let mut body = body.clone();
         for _ in 0..=5 {
-            let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(uri.clone())
-                .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")));
-            for (k, v) in headers {
-                req = req.header(k, v);
-            }
-            if let Some(a) = auth.filter(|_| origin_of(&uri) == self.origin) {
-                req = req.header(http::header::AUTHORIZATION, a);
-            }
-            let req = req
-                .body(Full::new(body.clone()))
-                .with_context(|| format!("invalid URL {url}"))?;
+            let req = self.build(&method, &url, headers, auth, body.clone())?;
+            let uri = req.uri().clone();
             let resp = self.inner.request(req).await.map_err(|e| {
                 anyhow!(
                     "failed to connect to registry {}: {}",
@@ -906,20 +920,8 @@ impl Client {
     ) -> anyhow::Result<StreamReply> {
         let mut url = format!("{}{}", self.base, path);
         for _ in 0..=5 {
-            let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(uri.clone())
-                .header("user-agent", concat!("agent/", env!("CARGO_PKG_VERSION")));
-            for (k, v) in headers {
-                req = req.header(k, v);
-            }
-            if let Some(a) = auth.filter(|_| origin_of(&uri) == self.origin) {
-                req = req.header(http::header::AUTHORIZATION, a);
-            }
-            let req = req
-                .body(Full::new(Bytes::new()))
-                .with_context(|| format!("invalid URL {url}"))?;
+            let req = self.build(method, &url, headers, auth, Bytes::new())?;
+            let uri = req.uri().clone();
             let resp = tokio::time::timeout(self.timeout, self.inner.request(req))
                 .await
                 .map_err(|_| {

@@ -2,54 +2,24 @@
 //! prune`, `load`, `save`), each run as the real `agent` binary with AAC_HOME in a tempdir;
 //! skopeo reads and writes the same store as `oci:$AAC_HOME/images:NAME:TAG`.
 
+use crate::support::agent::{text, Home};
 use crate::support::image::{self as img, sha256_digest};
 use crate::support::tools;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-struct Home {
-    dir: tempfile::TempDir,
+/// What these tests ask of a home's image store.
+trait Store {
+    fn index(&self) -> Value;
+    fn list(&self, all: bool) -> Vec<Value>;
+    fn digest_of(&self, name: &str) -> String;
+    fn blob_count(&self) -> usize;
 }
 
-impl Home {
-    fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().expect("AAC_HOME tempdir"),
-        }
-    }
-
-    fn images(&self) -> PathBuf {
-        self.dir.path().join("images")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
-        c.args(args)
-            .env("AAC_HOME", self.dir.path())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env_remove("AGENT_REGISTRY_URL");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run agent")
-    }
-
-    /// Runs `agent ARGS`, asserting success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "agent {args:?} failed: {}{}",
-            text(&o.stdout),
-            text(&o.stderr)
-        );
-        text(&o.stdout)
-    }
-
+impl Store for Home {
     fn index(&self) -> Value {
         img::read_json(&self.images().join("index.json"))
     }
@@ -80,10 +50,6 @@ impl Home {
             .map(|d| d.count())
             .unwrap_or(0)
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A build context: main.py, a script with exec bits, agent.yaml and an ignore file.

@@ -2,64 +2,21 @@
 //! against the project's server (TestServer) and, for faults, the fake upstream used
 //! directly as the registry.
 
+use crate::support::agent::{text, Home};
 use crate::support::fake_upstream::FakeUpstream;
 use crate::support::http::Http;
 use crate::support::image as img;
 use crate::support::server::TestServer;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-struct Home {
-    dir: tempfile::TempDir,
+trait Tagged {
+    fn digest_of(&self, name: &str) -> String;
 }
 
-impl Home {
-    fn new() -> Home {
-        Home {
-            dir: tempfile::tempdir().expect("AAC_HOME tempdir"),
-        }
-    }
-
-    fn images(&self) -> PathBuf {
-        self.dir.path().join("images")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_agent"));
-        c.args(args)
-            .env("AAC_HOME", self.dir.path())
-            .env("HOME", self.dir.path())
-            .env("XDG_RUNTIME_DIR", self.dir.path())
-            .env("REGISTRY_AUTH_FILE", self.dir.path().join("auth.json"))
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("AGENT_REGISTRY_URL")
-            .env_remove("AGENT_REGISTRY_TOKEN")
-            .env_remove("SOURCE_DATE_EPOCH");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run agent")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "agent {args:?} failed: {}{}",
-            text(&o.stdout),
-            text(&o.stderr)
-        );
-        text(&o.stdout)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-    }
-
+impl Tagged for Home {
     /// The manifest digest `name` is tagged with in the store.
     fn digest_of(&self, name: &str) -> String {
         img::tagged_descriptor(&self.images(), name)["digest"]
@@ -67,10 +24,6 @@ impl Home {
             .expect("digest")
             .to_string()
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn context(dir: &Path, extra: &str) {

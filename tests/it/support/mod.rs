@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod distribution;
 pub mod fake_upstream;
 pub mod http;

@@ -46,6 +46,21 @@ pub async fn logs(c: &Client, a: LogsArgs, out: &mut dyn Write) -> anyhow::Resul
     let mut after = 0;
     loop {
         let v = ok_json(c, &c.get(&path).await?, "logs")?;
+        let last_seq = v["last_seq"].as_u64().unwrap_or(0);
+        if a.follow && after > 0 && last_seq < after {
+            // Numbers restart with the server: start over with what the new one holds.
+            eprintln!("agent: the registry restarted; its log starts again");
+            after = 0;
+            path = base.clone();
+            continue;
+        }
+        let first_seq = v["first_seq"].as_u64().unwrap_or(0);
+        if after > 0 && first_seq > after + 1 {
+            eprintln!(
+                "agent: {} log records left the registry's ring before they were shown",
+                first_seq - after - 1
+            );
+        }
         let records = v["records"].as_array().cloned().unwrap_or_default();
         for r in &records {
             print_record(r, a.json, out)?;
@@ -54,10 +69,7 @@ pub async fn logs(c: &Client, a: LogsArgs, out: &mut dyn Write) -> anyhow::Resul
         // Past the last record shown, or past everything the server has handed out when
         // none matched the level.
         let last_shown = records.last().and_then(|r| r["seq"].as_u64());
-        after = last_shown
-            .or(v["last_seq"].as_u64())
-            .unwrap_or(after)
-            .max(after);
+        after = last_shown.unwrap_or(last_seq).max(after);
         if !a.follow {
             return Ok(());
         }

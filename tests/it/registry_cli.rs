@@ -243,14 +243,36 @@ fn registry_logs_refused_without_admin() {
     let srv = TestServer::start_with(crate::auth::configure);
     let dir = tempfile::tempdir().expect("tempdir");
     let reg = format!("http://{}", srv.host());
-    let o = agent(dir.path(), &["registry", "logs", "--registry", &reg]);
+    let as_user = |user: &str| {
+        agent_cmd(dir.path(), &["registry", "logs", "--registry", &reg])
+            .env("DOCKER_USERNAME", user)
+            .env("DOCKER_PASSWORD", crate::auth::PASSWORD)
+            .output()
+            .expect("run agent")
+    };
+    // A reader may pull but is no admin.
+    let o = as_user("reader");
     assert!(!o.status.success(), "{}", text(&o.stdout));
     assert!(text(&o.stdout).is_empty(), "{}", text(&o.stdout));
     let err = text(&o.stderr);
-    assert!(err.contains("logs"), "{err}");
+    assert!(
+        err.contains("logs: permission denied: this needs admin"),
+        "{err}"
+    );
+    // Nor is an anonymous client.
+    let o = agent(dir.path(), &["registry", "logs", "--registry", &reg]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("authentication failed"),
+        "{}",
+        text(&o.stderr)
+    );
+    // The admin is answered.
+    let o = as_user("admin");
+    assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
-/// Pushes a one-blob image to `repo:v1` and pulls its manifest; returns the registry URL.
+/// Pushes a one-blob image to `repo:v1` and pulls its manifest.
 async fn push_and_pull(http: &Http, repo: &str) {
     let blob = b"metrics layer".to_vec();
     let d = http.push_blob(repo, &blob).await;

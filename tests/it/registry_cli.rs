@@ -138,7 +138,7 @@ fn registry_logs_show_a_provoked_warning_by_level_and_since() {
 
     // The start-up records grow old, then a warning is provoked: a reload that changes
     // a section only a restart applies.
-    std::thread::sleep(Duration::from_millis(3000));
+    std::thread::sleep(Duration::from_millis(4000));
     srv.reload(&CONFIG.replace("level = \"info\"", "level = \"warn\""));
     let args = ["registry", "logs", "--level", "warn", "--registry", reg];
     let o = agent_until(home, &args, RESTART_WARNING);

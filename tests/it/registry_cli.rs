@@ -151,10 +151,10 @@ fn registry_logs_show_a_provoked_warning_by_level_and_since() {
         "--level warn keeps info out: {warn}"
     );
 
-    // --since: the new warning is in the last 2s, the start-up lines are not.
+    // --since: the new warning is in the last 3s, the start-up lines are not.
     let o = agent(
         home,
-        &["registry", "logs", "--since", "2s", "--registry", reg],
+        &["registry", "logs", "--since", "3s", "--registry", reg],
     );
     let recent = text(&o.stdout);
     assert!(recent.contains(RESTART_WARNING), "{recent}");

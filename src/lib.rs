@@ -10,6 +10,8 @@
 //! - `cli`: the `agent` client commands
 //! - `client`: the client's local image store (an OCI layout), build, load/save, listing
 //! - `upstream`: the outbound HTTP client of the mirror (token auth, retries, timeouts)
+//! - `logging`, `logring`: the buffered stderr log writer; the ring of recent records
+//!   behind `GET /admin/logs`
 //! - `metrics`: every metric name, once; the Prometheus recorder behind `GET /metrics`
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod logring;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;

@@ -213,9 +213,10 @@ fn init_logging(cfg: &Config) {
         .unwrap_or_else(|_| cfg.log.level.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Colour codes only on a terminal: journald and log files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(agent_registry::logging::Buffered::stderr());
     // A panic's message must not overtake the lines logged before it.
@@ -224,9 +225,12 @@ fn init_logging(cfg: &Config) {
         agent_registry::logging::flush();
         previous(info);
     }));
+    // Next to the fmt layer: the recent records `GET /admin/logs` answers.
+    let ring = agent_registry::logring::RingLayer::global();
+    let registry = tracing_subscriber::registry().with(filter).with(ring);
     match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
 }
 

@@ -203,7 +203,7 @@ pub async fn search(c: &Client, mut a: SearchArgs, out: &mut dyn Write) -> anyho
 }
 
 /// The reply's JSON, or a one-line error from its status and OCI error body.
-fn ok_json(c: &Client, r: &Reply, what: &str) -> anyhow::Result<Value> {
+pub(super) fn ok_json(c: &Client, r: &Reply, what: &str) -> anyhow::Result<Value> {
     if r.status.is_success() {
         return serde_json::from_slice(&r.body)
             .map_err(|e| anyhow!("{what}: the registry's answer is not JSON: {e}"));
@@ -218,7 +218,7 @@ fn body(v: &Value) -> Option<Vec<u8>> {
     serde_json::to_vec(v).ok()
 }
 
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

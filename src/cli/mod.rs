@@ -4,6 +4,7 @@ pub mod admin;
 pub mod creds;
 pub mod http;
 pub mod images;
+pub mod monitor;
 pub mod profile;
 pub mod server_admin;
 pub mod transfer;
@@ -121,12 +122,11 @@ pub enum RegistryCommand {
         #[arg(long)]
         detailed: bool,
     },
-    /// Print the registry's Prometheus metrics (GET /metrics).
-    Metrics {
-        /// Only this metric family, e.g. agent_registry_pull_operations_total.
-        #[arg(long)]
-        metric: Option<String>,
-    },
+    /// Print the registry's Prometheus metrics (GET /metrics), counts over a period, or
+    /// the answer of a PromQL query to Prometheus.
+    Metrics(monitor::MetricsArgs),
+    /// The server's recent log records, oldest first (admin).
+    Logs(monitor::LogsArgs),
     /// Check the credentials in use and show who they are.
     Auth {
         #[command(subcommand)]
@@ -192,9 +192,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             match command {
                 RegistryCommand::Ping => ping(&client, out).await,
                 RegistryCommand::Health { detailed } => health(&client, detailed, out).await,
-                RegistryCommand::Metrics { metric } => {
-                    metrics(&client, metric.as_deref(), out).await
+                RegistryCommand::Metrics(args) => {
+                    monitor::metrics(&client, &target.endpoint()?, target.timeout, args, out).await
                 }
+                RegistryCommand::Logs(args) => monitor::logs(&client, args, out).await,
                 RegistryCommand::Auth {
                     command: AuthCommand::Test,
                 } => admin::auth_test(&client, out).await,
@@ -340,11 +341,8 @@ fn unwell_upstreams(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-async fn metrics(
-    client: &http::Client,
-    metric: Option<&str>,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+/// The lines of `GET /metrics`, all of them or those of family `name`.
+async fn fetch_metrics(client: &http::Client, name: Option<&str>) -> anyhow::Result<Vec<String>> {
     let r = client.get("/metrics").await?;
     if !r.status.is_success() {
         bail!(
@@ -354,21 +352,21 @@ async fn metrics(
         );
     }
     let text = String::from_utf8_lossy(&r.body);
-    let Some(name) = metric else {
-        write!(out, "{text}")?;
-        return Ok(());
+    let Some(name) = name else {
+        return Ok(text.lines().map(str::to_string).collect());
     };
-    let lines: Vec<&str> = text.lines().filter(|l| in_family(l, name)).collect();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| in_family(l, name))
+        .map(str::to_string)
+        .collect();
     if lines.is_empty() {
         bail!(
             "registry {} exports no metric {name} (a metric appears once it has a value)",
             client.base()
         );
     }
-    for l in lines {
-        writeln!(out, "{l}")?;
-    }
-    Ok(())
+    Ok(lines)
 }
 
 /// True for the `# HELP`/`# TYPE` lines and the samples of metric family `name`

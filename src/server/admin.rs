@@ -6,6 +6,8 @@
 //!   run time, body `{"repo", "user" | "group", "actions": [..]}`.
 //! - `GET visibility?repo=`, `PUT visibility?repo=` with `{"visibility": "private"}`.
 //! - `GET access-logs?user=&since=24h&limit=`, `GET audit?user=&since=&limit=`.
+//! - `GET logs?level=warn&since=1h&after=<seq>&limit=`: the server's recent log records
+//!   from the in-memory ring (`crate::logring`), oldest first.
 //! - `GET tokens[?user=]`, `POST tokens` `{"user", "scopes", "expires"}` (with a password
 //!   or an API token, never a bearer JWT), `DELETE tokens/<id>`.
 //! - `GET cache/stats`, `POST cache/purge?repo=|digest=`, `POST gc[?dry_run=1]`
@@ -19,7 +21,7 @@ use crate::config::{parse_duration, Visibility};
 use crate::error::{Error, Result};
 use crate::oci::{ErrorCode, RepoName};
 use crate::server::admin_cache;
-use crate::server::body::{full, json, read_limited, Body, ReqBody};
+use crate::server::body::{full, json, json_bytes, read_limited, Body, ReqBody};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -27,8 +29,9 @@ use std::sync::Arc;
 
 const MAX_BODY: u64 = 64 << 10;
 /// The admin endpoints (for 405 on a wrong method).
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
     "whoami",
+    "logs",
     "config",
     "permissions",
     "visibility",
@@ -194,6 +197,7 @@ pub async fn handle(
                 &json!({ "repo": name.as_str(), "visibility": v.as_str(), "exists": app.storage.is_hosted(name.as_str()) }),
             ))
         }
+        ("logs", &Method::GET) => recent_logs(&q),
         ("access-logs", &Method::GET) | ("audit", &Method::GET) => {
             let user = query_get(&q, "user").map(str::to_string);
             let since = match query_get(&q, "since") {
@@ -362,6 +366,44 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<ReqBody>) -> Res
         .map_err(|e| bad(&format!("reading the body: {e}")))?
         .ok_or_else(|| Error::bad_request(ErrorCode::SizeInvalid, "body too large"))?;
     serde_json::from_slice(&body).map_err(|e| bad(&format!("invalid JSON body: {e}")))
+}
+
+/// `GET /admin/logs`: `level` (error, warn, info; default info), `since` (a duration;
+/// default all the ring holds), `after` (a sequence number), `limit`.
+fn recent_logs(q: &[(String, String)]) -> Result<Response<Body>> {
+    let max_rank = match query_get(q, "level") {
+        Some(l) => crate::logring::rank(l)
+            .ok_or_else(|| bad(&format!("level: {l:?} is not error, warn or info")))?,
+        None => 3,
+    };
+    let since_ms = match query_get(q, "since") {
+        Some(s) => {
+            let d = parse_duration(s).map_err(|e| bad(&format!("since: {e}")))?;
+            now_ms().saturating_sub(d.as_millis() as u64)
+        }
+        None => 0,
+    };
+    let after = match query_get(q, "after") {
+        Some(a) => a
+            .parse::<u64>()
+            .map_err(|_| bad("after: not a sequence number"))?,
+        None => 0,
+    };
+    let limit = match query_get(q, "limit") {
+        Some(l) => l
+            .parse::<u32>()
+            .map_err(|_| bad("limit: not a number"))?
+            .min(MAX_LIMIT),
+        None => DEFAULT_LIMIT,
+    };
+    let page = crate::logring::global().query(&crate::logring::Query {
+        max_rank,
+        since_ms,
+        after,
+        limit: limit as usize,
+    });
+    let body = serde_json::to_vec(&page).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(json_bytes(StatusCode::OK, body, "application/json"))
 }
 
 fn bad(message: &str) -> Error {

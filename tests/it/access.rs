@@ -884,6 +884,7 @@ async fn matrix(open: bool) {
             "/admin/config",
             "/admin/permissions",
             "/admin/access-logs",
+            "/admin/logs?level=warn&since=1h",
             "/admin/audit",
             "/admin/tokens",
             "/admin/visibility?repo=agents/priv",

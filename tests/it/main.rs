@@ -26,6 +26,7 @@ mod mirror;
 mod mirror_faults;
 mod profiles;
 mod pushpull;
+mod registry_cli;
 mod search;
 mod sendfile;
 mod tls;

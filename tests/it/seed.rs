@@ -204,3 +204,66 @@ fn the_seeds_command_lines_run_as_written() {
     assert!(query.contains("no Prometheus configured"), "{query}");
     assert_eq!(proxied, 0, "manifests of the hosted my-agent were proxied");
 }
+
+/// The README's GitHub Actions job (Integration): an API token made for `ci` in
+/// `AGENT_REGISTRY_TOKEN` and the server in `AGENT_REGISTRY_URL`, no profile, no login;
+/// then the pull-only token of the Kubernetes and Compose examples, as the Basic
+/// password a docker-registry secret or `docker login` sends.
+#[test]
+fn the_readme_ci_job_pushes_with_a_token_from_the_environment() {
+    let up = FakeUpstream::start();
+    let srv = server(&up.url());
+    let url = format!("http://{}", srv.host());
+    let (push, _) = srv
+        .app
+        .auth
+        .create_token("ci", "agents/*:pull,push", None)
+        .expect("token");
+    let (pull, _) = srv
+        .app
+        .auth
+        .create_token("ci", "agents/*:pull", None)
+        .expect("token");
+    let ctx = tempfile::tempdir().expect("ctx");
+    agent_yaml(ctx.path());
+    let home = Home::new();
+    let sha = "3f2a9c1";
+    for args in [
+        vec!["build", "-t", "agents/my-agent:3f2a9c1", "."],
+        vec!["push", "agents/my-agent:3f2a9c1"],
+        vec!["tag", "agents/my-agent:3f2a9c1", "agents/my-agent:latest"],
+        vec!["push", "agents/my-agent:latest"],
+    ] {
+        let o = home
+            .cmd(&args)
+            .current_dir(ctx.path())
+            .env("AGENT_REGISTRY_URL", &url)
+            .env("AGENT_REGISTRY_TOKEN", &push)
+            .output()
+            .expect("agent");
+        assert!(
+            o.status.success(),
+            "{args:?} ({sha}): {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    }
+
+    // Another machine with the pull-only token as a Basic password (user name "token").
+    let node = Home::new();
+    let o = node
+        .cmd(&["pull", "agents/my-agent:latest", "--registry", &url])
+        .env("DOCKER_USERNAME", "token")
+        .env("DOCKER_PASSWORD", &pull)
+        .output()
+        .expect("agent");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // ...which cannot push.
+    let o = node
+        .cmd(&["push", "agents/my-agent:latest", "--registry", &url])
+        .env("DOCKER_USERNAME", "token")
+        .env("DOCKER_PASSWORD", &pull)
+        .output()
+        .expect("agent");
+    assert!(!o.status.success(), "a pull-only token pushed");
+}

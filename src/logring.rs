@@ -42,13 +42,16 @@ impl Record {
     }
 }
 
-/// A level's rank: error 1, warn 2, info 3 (a record passes `level` when its rank is
-/// at most that of `level`).
+/// A level's rank: error 1, warn 2, info 3, debug 4, trace 5 (a record passes `level`
+/// when its rank is at most that of `level`). The ring keeps no debug or trace records
+/// (see [`RingLayer::keeps`]), so asking for `debug` answers every record it holds.
 pub fn rank(level: &str) -> Option<u8> {
     match level.to_ascii_lowercase().as_str() {
         "error" => Some(1),
         "warn" | "warning" => Some(2),
         "info" => Some(3),
+        "debug" => Some(4),
+        "trace" => Some(5),
         _ => None,
     }
 }
@@ -309,6 +312,9 @@ mod tests {
         // The level filter: warn and error only.
         let warn: Vec<_> = RING.query(&q(2, 0, 100)).records;
         assert_eq!(warn.len(), 2);
+        // `debug` (the seed's `agent registry logs --level debug`): all the ring holds.
+        let debug = rank("debug").expect("debug is a level");
+        assert_eq!(RING.query(&q(debug, 0, 100)).records.len(), 3);
         // After a sequence number: only the newer ones.
         let after = RING.query(&q(3, p.records[0].seq, 100)).records;
         assert_eq!(after.len(), 2);

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 #[derive(Args)]
 pub struct LogsArgs {
-    /// Only records at this level or more severe.
-    #[arg(long, value_parser = ["error", "warn", "info"])]
+    /// Only records at this level or more severe (the server keeps no debug records:
+    /// `debug` shows all it holds).
+    #[arg(long, value_parser = ["error", "warn", "info", "debug"])]
     level: Option<String>,
     /// How far back, e.g. 10m, 1h, 7d (default: all the server still holds).
     #[arg(long)]

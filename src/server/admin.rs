@@ -368,12 +368,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<ReqBody>) -> Res
     serde_json::from_slice(&body).map_err(|e| bad(&format!("invalid JSON body: {e}")))
 }
 
-/// `GET /admin/logs`: `level` (error, warn, info; default info), `since` (a duration;
+/// `GET /admin/logs`: `level` (error, warn, info, debug, trace; default info), `since` (a duration;
 /// default all the ring holds), `after` (a sequence number), `limit`.
 fn recent_logs(q: &[(String, String)]) -> Result<Response<Body>> {
     let max_rank = match query_get(q, "level") {
-        Some(l) => crate::logring::rank(l)
-            .ok_or_else(|| bad(&format!("level: {l:?} is not error, warn or info")))?,
+        Some(l) => crate::logring::rank(l).ok_or_else(|| {
+            bad(&format!(
+                "level: {l:?} is not error, warn, info, debug or trace"
+            ))
+        })?,
         None => 3,
     };
     let since_ms = match query_get(q, "since") {

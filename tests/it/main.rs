@@ -28,6 +28,7 @@ mod profiles;
 mod pushpull;
 mod registry_cli;
 mod search;
+mod seed;
 mod sendfile;
 mod tls;
 mod upstream;

@@ -175,6 +175,18 @@ fn registry_logs_show_a_provoked_warning_by_level_and_since() {
     assert!(errors.contains(" ERROR "), "{errors}");
     assert!(!errors.contains(RESTART_WARNING), "{errors}");
 
+    // --level debug (the seed's line): debug records are not kept, so every record the
+    // ring holds, info included.
+    let o = agent(
+        home,
+        &["registry", "logs", "--level", "debug", "--registry", reg],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let debug = text(&o.stdout);
+    for want in ["listening on", RESTART_WARNING, INVALID_ERROR] {
+        assert!(debug.contains(want), "{want}: {debug}");
+    }
+
     // --json: one record per line, oldest first, numbered.
     let o = agent(home, &["registry", "logs", "--json", "--registry", reg]);
     let seqs: Vec<u64> = text(&o.stdout)

@@ -882,22 +882,11 @@ impl Client {
                     }
                 }
                 Err(_) => self.retry.backoff(n),
-                Ok(r) if retryable(r.status) => {
-                    let after = r.headers.get(http::header::RETRY_AFTER).and_then(|v| {
-                        let v = v.to_str().ok()?.trim();
-                        v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
-                            httpdate::parse_http_date(v).ok().map(|t| {
-                                t.duration_since(std::time::SystemTime::now())
-                                    .unwrap_or_default()
-                            })
-                        })
-                    });
-                    match after {
-                        Some(w) if w > self.retry.max_retry_after => return result,
-                        Some(w) => w,
-                        None => self.retry.backoff(n),
-                    }
-                }
+                Ok(r) if retryable(r.status) => match retry_after(&r.headers) {
+                    Some(w) if w > self.retry.max_retry_after => return result,
+                    Some(w) => w,
+                    None => self.retry.backoff(n),
+                },
                 Ok(_) => return result,
             };
             if n >= self.retry.retries {

@@ -304,20 +304,8 @@ impl Proc {
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("spawn");
-        let p = Proc { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = p.log();
-            if let Some(i) = text.find("listening on http://") {
-                let addr: String = text[i + "listening on http://".len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                return (p, addr);
-            }
-            assert!(Instant::now() < deadline, "server did not start: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let addr = crate::support::server::wait_listening(&log, Duration::from_secs(20));
+        (Proc { child, log }, addr)
     }
 
     fn log(&self) -> String {

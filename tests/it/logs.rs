@@ -5,7 +5,7 @@
 use crate::support::fake_upstream::{base64, AuthMode, FakeUpstream};
 use crate::support::http::Http;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const USER: &str = "ci-robot";
 const PASSWORD: &str = "pa55-Very-Secret-7f3a";
@@ -47,20 +47,8 @@ fn start(dir: &std::path::Path, config: &str, format: &str) -> (Proc, String) {
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
-    let p = Proc { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = p.log();
-        if let Some(i) = text.find("listening on http://") {
-            let addr: String = text[i + "listening on http://".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                .collect();
-            return (p, addr);
-        }
-        assert!(Instant::now() < deadline, "server did not start: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let addr = crate::support::server::wait_listening(&log, Duration::from_secs(20));
+    (Proc { child, log }, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

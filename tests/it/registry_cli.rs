@@ -88,20 +88,9 @@ impl Server {
             config,
             url: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let t = std::fs::read_to_string(&s.log).unwrap_or_default();
-            if let Some(i) = t.find("listening on http://") {
-                let addr: String = t[i + "listening on http://".len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-                s.url = format!("http://{addr}");
-                return s;
-            }
-            assert!(Instant::now() < deadline, "server did not start: {t}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let addr = crate::support::server::wait_listening(&s.log, Duration::from_secs(30));
+        s.url = format!("http://{addr}");
+        s
     }
 
     /// Rewrites the config file and sends SIGHUP (the server logs the reload's outcome).

@@ -462,21 +462,9 @@ fn each_state_change_is_logged_once() {
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
+    let addr = crate::support::server::wait_listening(&log, Duration::from_secs(20));
     let p = Proc { child, log };
     let read = || std::fs::read_to_string(&p.log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        let text = read();
-        if let Some(i) = text.find("listening on http://") {
-            let addr: String = text[i + "listening on http://".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                .collect();
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "server did not start: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let http = Http::new(&addr);
     rt.block_on(async {

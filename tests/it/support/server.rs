@@ -137,3 +137,24 @@ impl Drop for TestServer {
         self.shutdown();
     }
 }
+
+/// The address a real `agent-registry serve` bound (to 127.0.0.1:0), read from the
+/// "listening on http://ADDR" line of its log file; panics with the log after `within`.
+pub fn wait_listening(log: &Path, within: std::time::Duration) -> String {
+    const MARKER: &str = "listening on http://";
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(i) = text.find(MARKER) {
+            return text[i + MARKER.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not start: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

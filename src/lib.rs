@@ -9,6 +9,8 @@
 //! - `error`: the request-path error type
 //! - `cli`: the `agent` client commands
 //! - `client`: the client's local image store (an OCI layout), build, load/save, listing
+//! - `sign`: image signatures in cosign's format (payload, ECDSA P-256, keys, the `.sig`
+//!   manifest): pure format code, shared by the client and, later, the server
 //! - `upstream`: the outbound HTTP client of the mirror (token auth, retries, timeouts)
 //! - `logging`, `logring`: the buffered stderr log writer; the ring of recent records
 //!   behind `GET /admin/logs`
@@ -28,5 +30,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod oci;
 pub mod server;
+pub mod sign;
 pub mod storage;
 pub mod upstream;

@@ -7,6 +7,7 @@ pub mod images;
 pub mod monitor;
 pub mod profile;
 pub mod server_admin;
+pub mod signing;
 pub mod transfer;
 
 use anyhow::{anyhow, bail};
@@ -104,6 +105,11 @@ pub enum Command {
     // Local images (src/cli/images.rs): build, images, load, save, tag, rmi, image prune.
     #[command(flatten)]
     Local(images::LocalCommand),
+    /// Signing keys for `agent push --sign` (cosign-compatible).
+    Key {
+        #[command(subcommand)]
+        command: signing::KeyCommand,
+    },
     /// Print a shell completion script: agent completion bash > /etc/bash_completion.d/agent
     Completion {
         #[arg(value_enum)]
@@ -187,6 +193,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                         },
                 },
         } => transfer::info(&target, &image, platform.as_deref(), json, out).await,
+        Command::Registry {
+            command:
+                RegistryCommand::Image {
+                    command: transfer::RemoteImageCommand::Signatures { image, keys, json },
+                },
+        } => transfer::signatures(&target, &image, &keys, json, out).await,
         Command::Registry { command } => {
             let client = target.client()?;
             match command {
@@ -209,7 +221,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                     admin::logs(&client, "access-logs", args, out).await
                 }
                 RegistryCommand::Image { .. } => {
-                    bail!("internal error: image info is routed above")
+                    bail!("internal error: image commands are routed above")
                 }
                 RegistryCommand::Audit(args) => admin::logs(&client, "audit", args, out).await,
                 RegistryCommand::Config {
@@ -239,6 +251,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "agent", out);
             Ok(())
         }
+        Command::Key { command } => signing::key(command, out),
         Command::Push(a) => transfer::push(&target, a, out).await,
         Command::Pull(a) => transfer::pull(&target, a, out).await,
         Command::Local(command) => {

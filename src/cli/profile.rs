@@ -14,7 +14,12 @@
 //!   development:
 //!     url: "https://dev.registry.com"
 //!     auth: { type: username, username: "${DEV_USERNAME}", password: "${DEV_PASSWORD}" }
+//!     signing:                        # agent push --sign / agent pull --verify-signature
+//!       key: "${HOME}/keys/cosign.key"      # default for --sign's --key
+//!       public_keys: [keys/cosign.pub]      # default for --verify-signature's --key
 //! ```
+//!
+//! Relative `signing` paths are relative to the directory of config.yaml.
 //!
 //! Precedence, first wins. URL: `--registry`, the profile named by `--profile`,
 //! `AGENT_REGISTRY_URL`, the profile `default`, `http://localhost:5000`. Credentials
@@ -64,6 +69,17 @@ pub struct Profile {
     pub insecure: bool,
     pub auth: Option<ProfileAuth>,
     pub prometheus_url: Option<String>,
+    pub signing: Signing,
+}
+
+/// A profile's `signing` section: the keys `agent push --sign` and
+/// `agent pull --verify-signature` use when no `--key` is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signing {
+    /// The private key to sign with (PEM; password from `COSIGN_PASSWORD`).
+    pub key: Option<String>,
+    /// The public keys a signature must verify with (any one of them).
+    pub public_keys: Vec<String>,
 }
 
 /// The parsed config file; a profile's `${VAR}`s are expanded when it is used.
@@ -164,6 +180,7 @@ impl ConfigFile {
             insecure: false,
             auth: None,
             prometheus_url: None,
+            signing: Signing::default(),
         };
         for (k, v) in map {
             let k = k.as_str().unwrap_or("?");
@@ -184,16 +201,58 @@ impl ConfigFile {
                 }
                 "prometheus_url" => p.prometheus_url = Some(string(&key, v)?),
                 "auth" => p.auth = auth(&key, v, &string, &err)?,
+                "signing" => p.signing = signing(&key, v, &self.path, &string, &err)?,
                 _ => {
                     return Err(err(
                         &key,
-                        "unknown key (expected url, auth, insecure, prometheus_url)",
+                        "unknown key (expected url, auth, insecure, prometheus_url, signing)",
                     ))
                 }
             }
         }
         Ok(p)
     }
+}
+
+/// A profile's `signing` section; relative paths are taken from the config file's directory.
+fn signing(
+    at: &str,
+    v: &Value,
+    file: &Path,
+    string: &dyn Fn(&str, &Value) -> anyhow::Result<String>,
+    err: &dyn Fn(&str, &str) -> anyhow::Error,
+) -> anyhow::Result<Signing> {
+    let map = match v {
+        Value::Null => return Ok(Signing::default()),
+        Value::Mapping(m) => m,
+        _ => return Err(err(at, "expected a map with key and public_keys")),
+    };
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let path = |s: String| -> String {
+        match s.is_empty() || Path::new(&s).is_absolute() {
+            true => s,
+            false => dir.join(s).display().to_string(),
+        }
+    };
+    let mut out = Signing::default();
+    for (k, v) in map {
+        let k = k.as_str().unwrap_or("?");
+        let key = format!("{at}.{k}");
+        match (k, v) {
+            ("key", v) => out.key = Some(path(string(&key, v)?)).filter(|s| !s.is_empty()),
+            ("public_keys", Value::Sequence(list)) => {
+                for (i, item) in list.iter().enumerate() {
+                    let p = path(string(&format!("{key}[{i}]"), item)?);
+                    if !p.is_empty() {
+                        out.public_keys.push(p);
+                    }
+                }
+            }
+            ("public_keys", _) => return Err(err(&key, "expected a list of files")),
+            _ => return Err(err(&key, "unknown key (expected key, public_keys)")),
+        }
+    }
+    Ok(out)
 }
 
 fn auth(

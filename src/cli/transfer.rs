@@ -57,6 +57,13 @@ pub struct PushArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Sign the pushed digest (cosign's format, tag sha256-<hex>.sig); key: --key, else
+    /// the profile's signing.key, else ./cosign.key. Password: COSIGN_PASSWORD.
+    #[arg(long)]
+    pub sign: bool,
+    /// The private key --sign uses (PEM: PKCS#8, encrypted PKCS#8 or cosign's cosign.key).
+    #[arg(long, requires = "sign", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -72,6 +79,13 @@ pub struct PullArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Refuse (exit status 1, nothing stored) unless a signature of the image's digest
+    /// verifies with --key, else with the profile's signing.public_keys.
+    #[arg(long)]
+    pub verify_signature: bool,
+    /// A public key (PEM) --verify-signature accepts; repeatable.
+    #[arg(long = "key", requires = "verify_signature", value_name = "FILE")]
+    pub keys: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +98,17 @@ pub enum RemoteImageCommand {
         /// The platform whose layers and labels are shown (default: the host's, else the first).
         #[arg(long)]
         platform: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The signatures of an image (the `.sig` tag and signature referrers), each with the
+    /// key that verifies it, or "unverified" and why.
+    Signatures {
+        /// NAME[:TAG] or NAME@DIGEST.
+        image: String,
+        /// Public keys (PEM) to verify with; default: the profile's signing.public_keys.
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -135,14 +160,19 @@ impl RemoteRef {
     }
 }
 
-/// The client for the registry a reference names (its host, unless `--registry` or
+/// The target for the registry a reference names (its host, unless `--registry` or
 /// `--profile` say otherwise).
-fn client_for(target: &Target, r: &RemoteRef) -> anyhow::Result<Arc<Client>> {
+fn target_for(target: &Target, r: &RemoteRef) -> Target {
     let mut t = target.clone();
     if let (Some(h), None, None) = (&r.host, &t.registry, &t.profile) {
         t.registry = Some(h.clone());
     }
-    Ok(Arc::new(t.client()?))
+    t
+}
+
+/// The client for the registry a reference names.
+fn client_for(target: &Target, r: &RemoteRef) -> anyhow::Result<Arc<Client>> {
+    Ok(Arc::new(target_for(target, r).client()?))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -505,6 +535,26 @@ impl Pusher {
         Ok(digest.to_string())
     }
 
+    /// The descriptor of the manifest `d` names, as a signature's `subject`.
+    fn subject(&self, d: &Descriptor) -> anyhow::Result<crate::sign::Desc> {
+        let digest: Digest = d
+            .digest
+            .parse()
+            .map_err(|e| anyhow!("bad digest {}: {e}", d.digest))?;
+        let bytes = self.store.read_blob(&digest)?;
+        let mut media = d.media_type.clone();
+        if media.is_empty() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            media = v["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string();
+        }
+        Ok(crate::sign::Desc {
+            media_type: media,
+            size: bytes.len() as u64,
+            digest: digest.to_string(),
+            annotations: None,
+        })
+    }
+
     /// Pushes an image or a whole index (children first) and tags it.
     async fn push(
         &self,
@@ -580,6 +630,14 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
         bail!("invalid reference {:?}: push a NAME[:TAG]", a.image);
     }
     let client = client_for(target, &r)?;
+    // The key is read before anything is sent: a missing key or password fails the push.
+    let signer = match a.sign {
+        true => Some(super::signing::signing_key(
+            a.key.as_deref(),
+            &target_for(target, &r).endpoint()?,
+        )?),
+        false => None,
+    };
     let ep_host = client
         .base()
         .split_once("://")
@@ -626,6 +684,13 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
         let res = pusher.push(d, tag, &mut sources).await;
         sources.save();
         let sent = res?;
+        let signature = match &signer {
+            Some((_, key)) => {
+                let subject = pusher.subject(d)?;
+                Some(super::signing::sign_image(&client, &r.repo, subject, key).await?)
+            }
+            None => None,
+        };
         results.push(json!({
             "repository": r.repo,
             "tag": tag,
@@ -636,6 +701,8 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
             "blobs_existing": sent.iter().filter(|s| **s == Sent::Existed).count(),
             "blobs_mounted": sent.iter().filter(|s| **s == Sent::Mounted).count(),
             "blobs_uploaded": sent.iter().filter(|s| **s == Sent::Uploaded).count(),
+            "signature": signature,
+            "signing_key": signer.as_ref().map(|(p, _)| p.display().to_string()),
         }));
     }
     pusher.progress.finish();
@@ -663,6 +730,14 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
         writeln!(out, "Digest: {}", s("digest"))?;
         writeln!(out, "Size: {}", s("size"))?;
         writeln!(out, "Registry: {}", s("registry_url"))?;
+        if let Some(sig) = v["signature"].as_str() {
+            writeln!(
+                out,
+                "Signature: {}:{sig} (key {})",
+                s("repository"),
+                s("signing_key")
+            )?;
+        }
     }
     if let (Some(v), false) = (&a.visibility, a.quiet) {
         writeln!(out, "Visibility: {v}")?;
@@ -953,6 +1028,8 @@ pub struct Pulled {
     pub image_id: String,
     pub size: u64,
     pub downloaded: usize,
+    /// The key that verified the image's signature (`--verify-signature`).
+    pub verified_by: Option<String>,
 }
 
 /// Pulls `image` into the store and tags it as named (without a tag: `:latest`).
@@ -962,10 +1039,26 @@ pub async fn pull_image(
     platform: Option<&str>,
     progress: Progress,
 ) -> anyhow::Result<Pulled> {
+    pull_image_verified(target, image, platform, progress, None).await
+}
+
+/// [`pull_image`]; with `keys`, only once a signature of the digest the reference
+/// resolves to verifies with one of them (checked before anything is stored).
+pub async fn pull_image_verified(
+    target: &Target,
+    image: &str,
+    platform: Option<&str>,
+    progress: Progress,
+    keys: Option<&[crate::sign::NamedKey]>,
+) -> anyhow::Result<Pulled> {
     let r = RemoteRef::parse(image)?;
     let client = client_for(target, &r)?;
-    let store = Store::open_default()?;
     let (bytes, media, digest) = get_manifest(&client, &r.repo, &r.reference).await?;
+    let verified_by = match keys {
+        Some(k) => Some(super::signing::verify_image(&client, &r.repo, &digest, k).await?),
+        None => None,
+    };
+    let store = Store::open_default()?;
     let what = format!("{}:{}", r.repo, r.reference);
     let v: Value = serde_json::from_slice(&bytes)?;
     let (mbytes, mmedia, mdigest, platform_v) = if index_like(&media, &v) {
@@ -1057,15 +1150,28 @@ pub async fn pull_image(
         image_id: config.digest.clone(),
         size: blobs.iter().map(|b| b.size).sum(),
         downloaded,
+        verified_by,
     })
 }
 
 pub async fn pull(target: &Target, a: PullArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let p = pull_image(
+    let keys = match a.verify_signature {
+        true => {
+            let ep = target_for(target, &RemoteRef::parse(&a.image)?).endpoint()?;
+            let keys = super::signing::public_keys(&a.keys, &ep)?;
+            if keys.is_empty() {
+                bail!("--verify-signature: no public key: pass --key FILE or set signing.public_keys in the registry's profile");
+            }
+            Some(keys)
+        }
+        false => None,
+    };
+    let p = pull_image_verified(
         target,
         &a.image,
         a.platform.as_deref(),
         Progress::new(a.quiet || a.json),
+        keys.as_deref(),
     )
     .await?;
     let client = client_for(target, &RemoteRef::parse(&a.image)?)?;
@@ -1079,6 +1185,7 @@ pub async fn pull(target: &Target, a: PullArgs, out: &mut dyn Write) -> anyhow::
             "registry_url": client.base(),
             "name": p.name,
             "layers_downloaded": p.downloaded,
+            "signature_verified_by": p.verified_by,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else if a.quiet {
@@ -1091,6 +1198,9 @@ pub async fn pull(target: &Target, a: PullArgs, out: &mut dyn Write) -> anyhow::
         writeln!(out, "Size: {}", human_size(p.size))?;
         writeln!(out, "Digest: {}", p.digest)?;
         writeln!(out, "Registry: {}", client.base())?;
+        if let Some(k) = &p.verified_by {
+            writeln!(out, "Signature: verified with {k}")?;
+        }
     }
     Ok(())
 }
@@ -1112,6 +1222,21 @@ pub async fn pull_missing_base(target: &Target, dir: &std::path::Path) -> anyhow
 
 // ---------------------------------------------------------------------------------------
 // Image info
+
+/// `agent registry image signatures NAME[:TAG]`.
+pub async fn signatures(
+    target: &Target,
+    image: &str,
+    keys: &[std::path::PathBuf],
+    json_out: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let r = RemoteRef::parse(image)?;
+    let client = client_for(target, &r)?;
+    let keys = super::signing::public_keys(keys, &target_for(target, &r).endpoint()?)?;
+    let (_, _, digest) = get_manifest(&client, &r.repo, &r.reference).await?;
+    super::signing::signatures(&client, &r.repo, &digest, &keys, json_out, out).await
+}
 
 async fn get_blob_json(client: &Client, repo: &str, d: &str) -> anyhow::Result<Value> {
     let r = client.get(&format!("/v2/{repo}/blobs/{d}")).await?;

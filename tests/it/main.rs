@@ -30,6 +30,7 @@ mod registry_cli;
 mod search;
 mod seed;
 mod sendfile;
+mod signing;
 mod tls;
 mod upstream;
 mod upstream_health;

@@ -558,6 +558,28 @@ mod tests {
     }
 
     #[test]
+    fn signing_paths_are_taken_from_the_config_directory() {
+        let f = ConfigFile::parse(
+            Path::new("/h/config.yaml"),
+            "registries:\n  p:\n    signing:\n      key: k/cosign.key\n      public_keys: [a.pub, /etc/b.pub]\n",
+        )
+        .unwrap();
+        let p = f.profile("p").unwrap().unwrap();
+        assert_eq!(p.signing.key.as_deref(), Some("/h/k/cosign.key"));
+        assert_eq!(p.signing.public_keys, ["/h/a.pub", "/etc/b.pub"]);
+        let e = |t: &str| {
+            ConfigFile::parse(Path::new("/h/config.yaml"), t)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(e("registries:\n  p:\n    signing: {public_keys: a.pub}\n")
+            .starts_with("/h/config.yaml: registries.p.signing.public_keys: expected a list"),);
+        assert!(e("registries:\n  p:\n    signing: {keys: [a]}\n")
+            .starts_with("/h/config.yaml: registries.p.signing.keys: unknown key"));
+    }
+
+    #[test]
     fn config_errors_name_the_key_and_the_file() {
         let e = |t: &str| {
             ConfigFile::parse(Path::new("/h/config.yaml"), t)

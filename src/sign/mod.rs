@@ -364,6 +364,47 @@ mod tests {
         assert_eq!(cfg["history"].as_array().unwrap().len(), 2);
     }
 
+    /// The worked example of ARCHITECTURE.md ("Signatures"), signed by Python's
+    /// `cryptography` (an independent ECDSA implementation), checked byte for byte.
+    #[test]
+    fn architecture_worked_example_holds() {
+        let subject: Digest =
+            "sha256:89333bc71f02c647533ab52e592ad22c609728f12eabff6fda0920109db40401"
+                .parse()
+                .unwrap();
+        let p = payload("registry.example.com/agents/my-agent", &subject);
+        assert_eq!(p.len(), 252);
+        assert_eq!(
+            Digest::sha256_of(&p).to_string(),
+            "sha256:1a5635d7d7a4f5d81068c3266d42f4382bb77add3ab6da46d8bfcc6efc60f5ac"
+        );
+        let public = PublicKey::from_pem(
+            "-----BEGIN PUBLIC KEY-----\n\
+             MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE+U4C/yVLVWGS8Jg4OJqv40VmaWsg\n\
+             AVFu1aDCdYhVUZNI+NcuOwt8Ch1d8XxQdELCAvnnaoDZMqirVYPMigHhFA==\n\
+             -----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let sig = "MEUCIGU9jOi29cl6Qk3bWGEkVCJvEdfgQQZS1ZK0flepBcDIAiEAkQRhI+kLHAvE9PKoABpQRNGI+WHkFxugZ4HDIOqp/sI=";
+        let keys = [NamedKey {
+            name: "cosign.pub".into(),
+            key: public,
+        }];
+        assert_eq!(
+            verify(&p, sig, &subject, &keys),
+            Verdict::Verified {
+                key: "cosign.pub".into()
+            }
+        );
+        let layer = Desc::of(SIMPLE_SIGNING_MEDIA_TYPE, &p);
+        let config = config_json(&[layer]);
+        assert_eq!(config.len(), 233);
+        assert_eq!(
+            Digest::sha256_of(&config).to_string(),
+            "sha256:b1f0d11697cdf741eb4d8767c5ce824475567e6efcd354157bbe92dc23c165bd"
+        );
+    }
+
     #[test]
     fn verification_needs_the_key_and_the_digest() {
         let k = PrivateKey::generate();

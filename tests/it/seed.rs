@@ -10,9 +10,9 @@
 //! Hosts: the seed's `myregistry.com` and `https://custom.registry.com` are replaced by
 //! the test server's `host:port` and `http://host:port` (the only change to the lines);
 //! `--profile production` and the default profile are profiles of `$AAC_HOME/config.yaml`
-//! pointing at the test server. Left out (another issue, supply chain): `--sign`,
-//! `--verify-signature`, `image signatures`, `--security-scan`, `image scan-results`,
-//! `policy set`.
+//! pointing at the test server. Left out (another issue, supply chain): `--security-scan`,
+//! `image scan-results`, `policy set`; the signing lines (`--sign`, `--verify-signature`,
+//! `image signatures`) run in tests/it/signing.rs.
 
 use crate::auth::PASSWORD;
 use crate::support::agent::{text, Home};

@@ -621,3 +621,44 @@ fn push_sign_without_a_key_names_where_to_get_one() {
     );
     assert_eq!(get(&srv.host(), "/v2/agents/nokey/manifests/1").status, 404);
 }
+
+/// The seed's three signing lines (../shared/seed/registry.md, "Image Signing") as
+/// written: the key is `cosign.key` in the current directory, the verifying key the
+/// default profile's `signing.public_keys`.
+#[test]
+fn the_seeds_signing_lines_run_as_written() {
+    let srv = TestServer::start();
+    let host = srv.host();
+    let home = Home::new();
+    let cwd = tempfile::tempdir().unwrap();
+    let (_, public) = generate(&home, cwd.path(), "cosign");
+    std::fs::copy(&public, home.dir.path().join("release.pub")).unwrap();
+    std::fs::write(
+        home.dir.path().join("config.yaml"),
+        format!("registries:\n  default:\n    url: {host}\n    signing:\n      public_keys: [release.pub]\n"),
+    )
+    .unwrap();
+    img::single_image(&home.images(), "my-agent:latest", 71, &[500]);
+    let run = |line: &str| {
+        let args: Vec<&str> = line.split(' ').skip(1).collect();
+        let o = home
+            .cmd(&args)
+            .current_dir(cwd.path())
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
+        assert!(o.status.success(), "`{line}`: {out}");
+        out
+    };
+    let pushed = run("agent push my-agent:latest --sign");
+    assert!(pushed.contains("Signature: my-agent:sha256-"), "{pushed}");
+    home.ok(&["rmi", "my-agent:latest"]);
+    let pulled = run("agent pull my-agent:latest --verify-signature");
+    assert!(pulled.contains("Signature: verified with"), "{pulled}");
+    let listed = run("agent registry image signatures my-agent:latest");
+    assert!(
+        listed.contains("verified by") && listed.contains("release.pub"),
+        "{listed}"
+    );
+}

@@ -305,9 +305,15 @@ pub async fn find_signatures(
                 manifests.push((d.to_string(), "referrers", b));
             }
         }
-    } else if r.status != StatusCode::NOT_FOUND {
+    } else if matches!(
+        r.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    ) || r.status.is_server_error()
+    {
         return Err(client.status_error(&r, &format!("referrers of {repo}@{digest}")));
     }
+    // Any other answer (404, 400, 405) is a registry without the referrers API: the
+    // `.sig` tag is then the only place signatures are.
     let mut found: Vec<Found> = Vec::new();
     for (md, by, bytes) in manifests {
         // A referrer that is not a signature manifest has no signature layers.

@@ -662,3 +662,69 @@ fn the_seeds_signing_lines_run_as_written() {
         "{listed}"
     );
 }
+
+/// A signature manifest that only the referrers API knows (pushed by digest, no `.sig`
+/// tag) is found and verified.
+#[test]
+fn a_signature_known_only_to_the_referrers_api_verifies() {
+    let srv = TestServer::start();
+    let host = srv.host();
+    let home = Home::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = generate(&home, keys.path(), "cosign");
+    img::single_image(&home.images(), "agents/a:1", 81, &[700]);
+    let (digest, tag) = push_signed(&home, &host, "agents/a:1", &key);
+    // The same image in agents/b, unsigned there...
+    home.ok(&["tag", "agents/a:1", "agents/b:1"]);
+    home.ok(&["push", "agents/b:1", "--registry", &host]);
+    // ...then a's signature manifest copied to b by digest only (its blobs first).
+    let m = get(&host, &format!("/v2/agents/a/manifests/{tag}"));
+    let mv = m.json();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = Http::new(&host);
+    for d in [&mv["config"]["digest"], &mv["layers"][0]["digest"]] {
+        let b = get(
+            &host,
+            &format!("/v2/agents/a/blobs/{}", d.as_str().unwrap()),
+        )
+        .body;
+        rt.block_on(http.push_blob("agents/b", &b));
+    }
+    let sig_digest = img::sha256_digest(&m.body);
+    let r = rt.block_on(http.put_manifest("agents/b", &sig_digest, img::MANIFEST_V1, &m.body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        get(&host, &format!("/v2/agents/b/manifests/{tag}")).status,
+        404
+    );
+
+    let s = home.json(&[
+        "registry",
+        "image",
+        "signatures",
+        "agents/b:1",
+        "--registry",
+        &host,
+        "--key",
+        public.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(s["signatures"][0]["found_by"], "referrers", "{s}");
+    assert_eq!(s["signatures"][0]["verified"], true, "{s}");
+    let other = Home::new();
+    let v = ok_json(
+        agent(
+            &other,
+            &[
+                "pull",
+                &format!("{host}/agents/b:1"),
+                "--verify-signature",
+                "--key",
+                public.to_str().unwrap(),
+                "--json",
+            ],
+        ),
+        "pull --verify-signature",
+    );
+    assert_eq!(v["digest"], digest.as_str());
+}

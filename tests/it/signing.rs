@@ -728,3 +728,60 @@ fn a_signature_known_only_to_the_referrers_api_verifies() {
     );
     assert_eq!(v["digest"], digest.as_str());
 }
+
+/// CNCF distribution (Debian's docker-registry) as the registry: it stores the signature
+/// manifest as it is and has no referrers API, so the `.sig` tag carries verification.
+#[test]
+fn sign_and_verify_against_cncf_distribution() {
+    let Some(dist) = crate::support::distribution::Distribution::start() else {
+        return;
+    };
+    let host = dist.host();
+    let home = Home::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = generate(&home, keys.path(), "cosign");
+    img::single_image(&home.images(), "agents/dist:1", 91, &[900]);
+    let (digest, tag) = push_signed(&home, &host, "agents/dist:1", &key);
+    let m = get(&host, &format!("/v2/agents/dist/manifests/{tag}"));
+    assert_eq!(m.status, 200, "{:?}", m.body);
+    assert_eq!(m.json()["subject"]["digest"], digest.as_str());
+
+    let other = Home::new();
+    let v = ok_json(
+        agent(
+            &other,
+            &[
+                "pull",
+                &format!("{host}/agents/dist:1"),
+                "--verify-signature",
+                "--key",
+                public.to_str().unwrap(),
+                "--json",
+            ],
+        ),
+        "pull --verify-signature from distribution",
+    );
+    assert_eq!(v["digest"], digest.as_str());
+
+    // Unsigned there: refused, nothing stored.
+    let info = img::single_image(&home.images(), "agents/dist:2", 92, &[900]);
+    home.ok(&["push", "agents/dist:2", "--registry", &host]);
+    let fresh = Home::new();
+    let o = agent(
+        &fresh,
+        &[
+            "pull",
+            &format!("{host}/agents/dist:2"),
+            "--verify-signature",
+            "--key",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("is not signed"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_nothing_stored(&fresh, &info);
+}

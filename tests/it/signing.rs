@@ -134,6 +134,20 @@ fn signed_push_verifies_with_openssl_and_is_found_by_tag_and_referrers() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the private key must be private");
+    // A second generate refuses to replace the pair.
+    let before = std::fs::read(&key).unwrap();
+    let o = home
+        .cmd(&["key", "generate"])
+        .current_dir(keys.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("refusing to overwrite"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
     let info = img::single_image(&home.images(), "agents/signed:1", 51, &[3000]);
     let (digest, tag) = push_signed(&home, &host, "agents/signed:1", &key);
     assert_eq!(digest, info.manifest_digest);

@@ -1,14 +1,15 @@
 //! Criterion benches of the request path's hot pieces: routing, digest parsing, digest
 //! verification throughput (sha2 as used, against ring), manifest parsing, memory-tier and
-//! disk-tier lookups, and whole warm requests through `App::handle` (tag resolution from
+//! disk-tier lookups, and whole warm requests through `dispatch::Handle::handle` (tag resolution from
 //! the memory tier, a manifest by digest, a 1 MiB blob from disk).
 //! `cargo bench --bench hot_paths [-- <filter>]`.
 
 use agent_registry::app::App;
 use agent_registry::config::Config;
+use agent_registry::dispatch::Handle;
 use agent_registry::oci::{manifest, Algorithm, Digest};
-use agent_registry::server::router;
 use agent_registry::storage::mirror_meta::{now_ms, TagRow};
+use agent_registry::web::route as router;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use http_body_util::{BodyExt, Empty};
@@ -113,7 +114,7 @@ fn mirror(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> (Arc<App>, Dig
     (app, mdig, bdig)
 }
 
-/// One GET through `App::handle`, body read to the end; returns status and body length.
+/// One GET through `dispatch::Handle::handle`, body read to the end; returns status and body length.
 async fn get(app: &Arc<App>, path: &str) -> (u16, usize) {
     let peer: SocketAddr = ([127, 0, 0, 1], 40000).into();
     let req = http::Request::get(path)

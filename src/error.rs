@@ -2,7 +2,6 @@
 //! (4xx with an OCI code), an upstream (502/504) or this server (500).
 
 use crate::oci::ErrorCode;
-use crate::storage::{IngestError, MetaError, StorageError, UploadError};
 use http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,61 +75,18 @@ impl Error {
     }
 }
 
-impl From<StorageError> for Error {
-    fn from(e: StorageError) -> Self {
-        match e.is_out_of_space() {
-            true => Error::insufficient_storage(&e),
-            false => Error::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<MetaError> for Error {
-    fn from(e: MetaError) -> Self {
-        match e.is_out_of_space() {
-            true => Error::insufficient_storage(&e),
-            false => Error::Internal(e.to_string()),
-        }
-    }
-}
-
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        match crate::storage::is_out_of_space(&e) {
+        match is_out_of_space(&e) {
             true => Error::insufficient_storage(&e),
             false => Error::Internal(format!("storage i/o: {e}")),
         }
     }
 }
 
-impl From<IngestError> for Error {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::Body(m) => Error::bad_request(
-                ErrorCode::BlobUploadInvalid,
-                format!("request body broke off: {m}"),
-            ),
-            IngestError::Storage(s) => s.into(),
-        }
-    }
-}
-
-impl From<UploadError> for Error {
-    fn from(e: UploadError) -> Self {
-        match e {
-            UploadError::Unknown(id) => {
-                Error::not_found(ErrorCode::BlobUploadUnknown, format!("upload {id} unknown"))
-            }
-            UploadError::OutOfOrder { .. } | UploadError::RangeMismatch { .. } => Error::client(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                ErrorCode::BlobUploadInvalid,
-                e.to_string(),
-            ),
-            UploadError::Mismatch { actual } => Error::bad_request(
-                ErrorCode::DigestInvalid,
-                format!("digest mismatch: uploaded content has digest {actual}"),
-            ),
-            UploadError::Ingest(i) => i.into(),
-        }
-    }
+/// Whether `e` means the disk (or the owner's quota) is full: ENOSPC, EDQUOT.
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) || e.kind() == std::io::ErrorKind::StorageFull
 }

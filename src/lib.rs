@@ -1,20 +1,23 @@
 //! agent-registry: an OCI registry for AI agents, built first as a pull-through caching
-//! mirror. Module map:
+//! mirror.
 //!
-//! - `config`: TOML file -> validated `Config` (embedded default, env overrides)
-//! - `oci`: pure types and parsers (digests, names, manifests, error codes)
-//! - `storage`: content-addressed blobs and SQLite metadata; verify-then-rename writes
-//! - `server`: listener, routing, one module per resource
-//! - `app`: `App`, the shared state, and `App::handle`, the one request entry point
-//! - `error`: the request-path error type
-//! - `cli`: the `agent` client commands
-//! - `client`: the client's local image store (an OCI layout), build, load/save, listing
-//! - `sign`: image signatures in cosign's format (payload, ECDSA P-256, keys, the `.sig`
-//!   manifest): pure format code, shared by the client and, later, the server
-//! - `upstream`: the outbound HTTP client of the mirror (token auth, retries, timeouts)
-//! - `logging`, `logring`: the buffered stderr log writer; the ring of recent records
-//!   behind `GET /admin/logs`
-//! - `metrics`: every metric name, once; the Prometheus recorder behind `GET /metrics`
+//! Layers, top to bottom (ARCHITECTURE.md "Layers"; `tests/tidy.rs` keeps imports downward):
+//!
+//! - entry: `server` (listener, TLS, connections), `cli` (the `agent` commands); the
+//!   binaries in `main.rs` and `bin/`
+//! - `dispatch`: route -> authenticate -> limit -> authorize -> handler -> access log
+//! - `handlers`: one module per resource, hosted and mirrored (`handlers::mirror`),
+//!   admin, token, search, health
+//! - `app`: `App`, the shared state
+//! - services: `mirror` (routing, policy, revalidation), `cache` (tiers, fills),
+//!   `storage` (content-addressed blobs, SQLite metadata), `auth`, `upstream` (the
+//!   outbound client), `limits` (rate limits), `client` (the agent's local image store),
+//!   `sign` (image signatures in cosign's format: payload, ECDSA P-256, keys, the `.sig`
+//!   manifest; pure format code over `oci`)
+//! - foundations: `oci` (pure types and parsers), `config`, `error`, `metrics` (every
+//!   metric name, once), `web` (bodies, response builders, ranges, routes, query
+//!   strings), `io` (file reads, sendfile), `logging` and `logring` (the log writer, the
+//!   ring behind `GET /admin/logs`)
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -23,7 +26,11 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dispatch;
 pub mod error;
+pub mod handlers;
+pub mod io;
+pub mod limits;
 pub mod logging;
 pub mod logring;
 pub mod metrics;
@@ -33,3 +40,4 @@ pub mod server;
 pub mod sign;
 pub mod storage;
 pub mod upstream;
+pub mod web;

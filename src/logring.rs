@@ -259,13 +259,21 @@ impl<S: Subscriber> Layer<S> for RingLayer {
         cut(&mut f.rest);
         self.ring.push(Record {
             seq: 0,
-            ts_ms: crate::auth::store::now_ms(),
+            ts_ms: now_ms(),
             level: level_name(meta.level()),
             target: meta.target().to_string(),
             message: f.message,
             fields: f.rest,
         });
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -4,15 +4,14 @@
 //! Names follow `agent_registry_<thing>_<unit>[_total]`. Label values come only from closed
 //! sets (`&'static str`) or configured upstream names, never from requests or error text.
 //! Values that are cheap to read when asked (storage space, rate-limit headroom, the
-//! memory tier) are set at scrape time by [`render`]; everything else is recorded as it
-//! happens. The recorder is installed once per process ([`install`]): tests run many
+//! memory tier) are set at scrape time by the caller of [`render`] (the `/metrics`
+//! handler, through [`scrape_upstream`], [`scrape_storage`] and [`scrape_cache`]);
+//! everything else is recorded as it happens. This module takes plain values (labels,
+//! counts, byte sizes): it knows nothing of the state or the services that feed it. The recorder is installed once per process ([`install`]): tests run many
 //! servers in one process and they all share it.
 
-use crate::app::{App, CacheStatus, Ctx};
-use crate::cache::FillErrorKind;
-use crate::upstream::UpstreamError;
 use ::metrics::{counter, gauge, histogram, Unit};
-use http::{header, Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -277,49 +276,38 @@ pub fn status_class(s: StatusCode) -> &'static str {
     }
 }
 
-/// Records one finished request (called once, at the end of `App::handle`).
-pub fn request<B: http_body::Body>(
-    ctx: &Ctx,
-    method: &Method,
-    resp: &Response<B>,
-    elapsed: Duration,
-) {
-    let status = resp.status();
-    let method = method_label(method);
-    let cache = match ctx.upstream {
-        Some(_) => ctx.cache.as_str(),
-        None => "none",
-    };
-    let get = method == "GET";
-    let pull_or_push = match (ctx.route, method, status) {
+/// One finished request, as the metrics see it.
+pub struct Finished<'a> {
+    /// The route label (`web::route::LABELS`).
+    pub route: &'static str,
+    pub method: &'a Method,
+    pub status: StatusCode,
+    /// How the cache served it (`hit`, `miss`, ...), `none` when not proxied.
+    pub cache: &'static str,
+    /// The body bytes of a successful GET of a repository's object, and where they came from.
+    pub served: Option<(Source, u64)>,
+    pub elapsed: Duration,
+}
+
+/// Records one finished request (called once per request, by dispatch).
+pub fn request(r: Finished<'_>) {
+    let method = method_label(r.method);
+    let pull_or_push = match (r.route, method, r.status) {
         ("manifest", "GET", StatusCode::OK) => Some(PULL_OPERATIONS_TOTAL),
         ("manifest", "PUT", StatusCode::CREATED) => Some(PUSH_OPERATIONS_TOTAL),
         _ => None,
     };
-    let served = match get
-        && ctx.repo.is_some()
-        && matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
-    {
-        true => resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| resp.body().size_hint().exact())
-            .map(|n| (served_from(ctx).as_str(), n)),
-        false => None,
-    };
-    let labels = [ctx.route, method, status_class(status), cache];
+    let labels = [r.route, method, status_class(r.status), r.cache];
     SERIES.with_borrow_mut(|series| {
         series.requests(labels).increment(1);
         series
-            .duration([ctx.route, method])
-            .record(elapsed.as_secs_f64());
+            .duration([r.route, method])
+            .record(r.elapsed.as_secs_f64());
         if let Some(name) = pull_or_push {
             series.operations(name).increment(1);
         }
-        if let Some((source, n)) = served {
-            series.served(source).increment(n);
+        if let Some((source, n)) = r.served {
+            series.served(source.as_str()).increment(n);
         }
     });
 }
@@ -422,48 +410,6 @@ impl Series {
     }
 }
 
-/// Hosted content is on disk; proxied content came from the upstream on a miss, else
-/// from the cache (disk unless the handler said memory).
-fn served_from(ctx: &Ctx) -> Source {
-    if let Some(s) = ctx.served_from {
-        return s;
-    }
-    match (ctx.upstream.is_some(), ctx.cache) {
-        (false, _) => Source::Disk,
-        (true, CacheStatus::Miss | CacheStatus::Coalesced | CacheStatus::Bypass) => {
-            Source::Upstream
-        }
-        (true, CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated) => Source::Disk,
-    }
-}
-
-/// The outcome label of an upstream request.
-pub fn upstream_outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
-    let e = match r {
-        Ok(_) => return "ok",
-        Err(e) => e,
-    };
-    match e {
-        UpstreamError::Status { status, .. } => match *status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "auth_error",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            s if s.is_server_error() => "server_error",
-            _ => "client_error",
-        },
-        UpstreamError::TooManyRequests { .. } => "rate_limited",
-        // Refused requests are not sent: counted in UPSTREAM_REFUSED_TOTAL instead.
-        UpstreamError::Refused { .. } => "connect_error",
-        UpstreamError::Auth { .. } => "auth_error",
-        UpstreamError::Timeout { .. } => "timeout",
-        UpstreamError::Connect { .. }
-        | UpstreamError::Tls { .. }
-        | UpstreamError::Request { .. }
-        | UpstreamError::Body { .. } => "connect_error",
-        UpstreamError::Config { .. } | UpstreamError::InvalidRequest { .. } => "client_error",
-    }
-}
-
 /// An upstream's circuit opened.
 pub fn upstream_circuit_opened(upstream: &str) {
     counter!(UPSTREAM_CIRCUIT_OPENINGS_TOTAL, "upstream" => upstream.to_string()).increment(1);
@@ -475,18 +421,15 @@ pub fn upstream_rate_limited(upstream: &str) {
 }
 
 /// A request was not sent because of the upstream's state.
-pub fn upstream_refused(upstream: &str, state: crate::upstream::health::State) {
-    let reason = match state {
-        crate::upstream::health::State::RateLimited => "rate_limited",
-        _ => "down",
-    };
+/// `reason`: `rate_limited` or `down`.
+pub fn upstream_refused(upstream: &str, reason: &'static str) {
     counter!(UPSTREAM_REFUSED_TOTAL, "upstream" => upstream.to_string(), "reason" => reason)
         .increment(1);
 }
 
-/// Records one `Upstream::send` (time to the response head, retries included).
-pub fn upstream_request<T>(upstream: &str, r: &Result<T, UpstreamError>, elapsed: Duration) {
-    let outcome = upstream_outcome(r);
+/// Records one `Upstream::send` (time to the response head, retries included) with its
+/// outcome label (`ok`, `not_found`, `timeout`, ...).
+pub fn upstream_request(upstream: &str, outcome: &'static str, elapsed: Duration) {
     counter!(UPSTREAM_REQUESTS_TOTAL, "upstream" => upstream.to_string(), "outcome" => outcome)
         .increment(1);
     histogram!(UPSTREAM_REQUEST_DURATION_SECONDS, "upstream" => upstream.to_string())
@@ -497,16 +440,11 @@ pub fn fill_started() {
     gauge!(FILLS_IN_FLIGHT).increment(1.0);
 }
 
-/// A fill left the table: `Err` with its kind when it failed.
-pub fn fill_finished(failure: Option<FillErrorKind>) {
+/// A fill left the table: with the reason label of its failure when it failed
+/// (`not_found`, `unavailable`, `mismatch`, `internal`).
+pub fn fill_finished(failure: Option<&'static str>) {
     gauge!(FILLS_IN_FLIGHT).decrement(1.0);
-    if let Some(kind) = failure {
-        let reason = match kind {
-            FillErrorKind::NotFound => "not_found",
-            FillErrorKind::Unavailable => "unavailable",
-            FillErrorKind::Mismatch => "mismatch",
-            FillErrorKind::Internal => "internal",
-        };
+    if let Some(reason) = failure {
         counter!(FILL_FAILURES_TOTAL, "reason" => reason).increment(1);
     }
 }
@@ -561,34 +499,57 @@ pub fn fs_space(path: &Path) -> std::io::Result<FsSpace> {
     })
 }
 
-/// Sets the scrape-time gauges from `app` and renders the text exposition format.
-pub fn render(app: &App) -> String {
-    let handle = install();
-    for up in &app.mirror().upstreams {
-        let state = up.health().state() as u8;
-        gauge!(UPSTREAM_STATE, "upstream" => up.name().to_string()).set(f64::from(state));
-        if let Some(n) = up.ratelimit_remaining() {
-            gauge!(UPSTREAM_RATELIMIT_REMAINING, "upstream" => up.name().to_string()).set(n as f64);
-        }
+/// An upstream's state at scrape time (`upstream::health::State` as a number) and the
+/// pulls its rate limit has left, if it said.
+pub fn scrape_upstream(upstream: &str, state: u8, ratelimit_remaining: Option<u64>) {
+    gauge!(UPSTREAM_STATE, "upstream" => upstream.to_string()).set(f64::from(state));
+    if let Some(n) = ratelimit_remaining {
+        gauge!(UPSTREAM_RATELIMIT_REMAINING, "upstream" => upstream.to_string()).set(n as f64);
     }
-    match fs_space(&app.config.storage.data_dir) {
+}
+
+/// The data directory's filesystem at scrape time.
+pub fn scrape_storage(data_dir: &Path) {
+    match fs_space(data_dir) {
         Ok(s) => {
             gauge!(STORAGE_USED_BYTES).set(s.used_bytes as f64);
             gauge!(STORAGE_FREE_BYTES).set(s.free_bytes as f64);
         }
         Err(e) => tracing::warn!(error = %e, "statvfs of the data directory failed"),
     }
-    let s = app.cache.stats();
+}
+
+/// The cache tiers at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheGauges {
+    pub memory_entries: u64,
+    pub memory_bytes: u64,
+    pub memory_max_bytes: u64,
+    pub disk_entries: u64,
+    pub disk_bytes: u64,
+    pub disk_max_bytes: u64,
+    /// Totals since start.
+    pub disk_evictions: u64,
+    pub disk_evicted_bytes: u64,
+    pub write_disabled: bool,
+}
+
+pub fn scrape_cache(s: CacheGauges) {
     gauge!(CACHE_ENTRIES, "tier" => "memory").set(s.memory_entries as f64);
     gauge!(CACHE_BYTES, "tier" => "memory").set(s.memory_bytes as f64);
     gauge!(CACHE_MAX_BYTES, "tier" => "memory").set(s.memory_max_bytes as f64);
-    gauge!(CACHE_ENTRIES, "tier" => "disk").set(s.entries as f64);
-    gauge!(CACHE_BYTES, "tier" => "disk").set(s.bytes as f64);
-    gauge!(CACHE_MAX_BYTES, "tier" => "disk").set(s.max_bytes as f64);
-    counter!(CACHE_EVICTIONS_TOTAL, "tier" => "disk").absolute(s.evictions);
-    counter!(CACHE_EVICTED_BYTES_TOTAL, "tier" => "disk").absolute(s.evicted_bytes);
+    gauge!(CACHE_ENTRIES, "tier" => "disk").set(s.disk_entries as f64);
+    gauge!(CACHE_BYTES, "tier" => "disk").set(s.disk_bytes as f64);
+    gauge!(CACHE_MAX_BYTES, "tier" => "disk").set(s.disk_max_bytes as f64);
+    counter!(CACHE_EVICTIONS_TOTAL, "tier" => "disk").absolute(s.disk_evictions);
+    counter!(CACHE_EVICTED_BYTES_TOTAL, "tier" => "disk").absolute(s.disk_evicted_bytes);
     gauge!(CACHE_WRITE_DISABLED).set(if s.write_disabled { 1.0 } else { 0.0 });
-    handle.render()
+}
+
+/// Renders every metric in the text exposition format (the scrape-time gauges are set
+/// by the caller first).
+pub fn render() -> String {
+    install().render()
 }
 
 #[cfg(test)]
@@ -627,31 +588,6 @@ mod tests {
             }
             assert!(!d.help.is_empty());
         }
-    }
-
-    #[test]
-    fn upstream_outcomes() {
-        let status = |s: u16| -> Result<(), UpstreamError> {
-            Err(UpstreamError::Status {
-                upstream: "u".into(),
-                what: "GET /v2/".into(),
-                status: StatusCode::from_u16(s).unwrap_or(StatusCode::IM_A_TEAPOT),
-                code: None,
-                message: None,
-            })
-        };
-        assert_eq!(upstream_outcome::<()>(&Ok(())), "ok");
-        assert_eq!(upstream_outcome(&status(404)), "not_found");
-        assert_eq!(upstream_outcome(&status(401)), "auth_error");
-        assert_eq!(upstream_outcome(&status(400)), "client_error");
-        assert_eq!(upstream_outcome(&status(503)), "server_error");
-        let timeout: Result<(), _> = Err(UpstreamError::Timeout {
-            upstream: "u".into(),
-            what: "GET /v2/".into(),
-            phase: crate::upstream::TimeoutPhase::FirstByte,
-            after: Duration::from_secs(1),
-        });
-        assert_eq!(upstream_outcome(&timeout), "timeout");
     }
 
     #[test]

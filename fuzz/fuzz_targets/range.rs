@@ -4,8 +4,8 @@
 //! ordered, has an `end + 1`, and agrees with a valid `Content-Length`.
 #![no_main]
 
-use agent_registry::server::blobs::{parse_range, RangeReq};
-use agent_registry::server::uploads::chunk_range;
+use agent_registry::web::range::{parse_range, RangeReq};
+use agent_registry::handlers::uploads::chunk_range;
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use agent_registry::oci::RepoName;
-use agent_registry::server::router::{parse, Route};
+use agent_registry::web::route::{parse, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

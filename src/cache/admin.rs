@@ -3,15 +3,27 @@
 //! quarantine), a collection run, and the maintenance task of a running server
 //! (reconcile after start, flush access times, scheduled collection).
 
-use crate::app::App;
+use super::memory::MemoryTier;
+use super::DiskTier;
+use crate::config::CacheConfig;
 use crate::oci::Digest;
 use crate::storage::gc::{GcOptions, GcReport};
-use crate::storage::{FsBlobs, Meta, StorageError};
+use crate::storage::{FsBlobs, Meta, Storage, StorageError};
 use rusqlite::params;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What the cache operations work on: hosted storage, the disk and memory tiers and
+/// `[cache]`.
+#[derive(Clone)]
+pub struct Tiers {
+    pub storage: Arc<Storage>,
+    pub disk: Arc<DiskTier>,
+    pub memory: MemoryTier,
+    pub config: CacheConfig,
+}
 
 /// How often access times are written to SQLite.
 const FLUSH_EVERY: Duration = Duration::from_secs(30);
@@ -28,13 +40,13 @@ pub struct PurgeReport {
 /// Purges a digest, or a proxied repository (`library/alpine` for every upstream, or
 /// `docker.io/library/alpine` for one): its tag mappings, lists, the manifests they
 /// point at and the blobs only those manifests referenced.
-pub async fn purge(app: &Arc<App>, target: &str) -> Result<PurgeReport, StorageError> {
+pub async fn purge(c: &Tiers, target: &str) -> Result<PurgeReport, StorageError> {
     let mut report = PurgeReport::default();
     let digests: Vec<Digest> = match target.parse::<Digest>() {
         Ok(d) => vec![d],
         Err(_) => {
             let t = target.to_string();
-            let (digests, tags) = app
+            let (digests, tags) = c
                 .storage
                 .meta
                 .with(move |c| {
@@ -58,27 +70,27 @@ pub async fn purge(app: &Arc<App>, target: &str) -> Result<PurgeReport, StorageE
         }
     };
     for d in digests {
-        let removed = app.cache.purge_digest(&d).await;
+        let removed = c.disk.purge_digest(&d).await;
         report
             .removed
             .extend(removed.iter().map(ToString::to_string));
     }
     // Tag rows and lists have no index by repository in memory: start it afresh.
-    app.memory.clear();
+    c.memory.clear();
     Ok(report)
 }
 
 /// Runs garbage collection of hosted repositories with the configured policies.
-pub async fn gc(app: &Arc<App>, dry_run: bool) -> Result<GcReport, StorageError> {
-    let cfg = &app.config.cache;
+pub async fn gc(c: &Tiers, dry_run: bool) -> Result<GcReport, StorageError> {
+    let cfg = &c.config;
     let opts = GcOptions {
         grace: cfg.gc.grace,
         keep_last_tags: cfg.cleanup.keep_last_tags,
         delete_untagged_after: cfg.cleanup.delete_untagged_after,
         dry_run,
     };
-    let cache = app.cache.clone();
-    let report = crate::storage::gc::run(&app.storage, &move |d| cache.holds(d), opts).await?;
+    let cache = c.disk.clone();
+    let report = crate::storage::gc::run(&c.storage, &move |d| cache.holds(d), opts).await?;
     crate::metrics::gc_run(dry_run, report.freed_bytes);
     tracing::info!(
         dry_run,
@@ -178,8 +190,8 @@ async fn blake3_file(path: &Path) -> std::io::Result<String> {
 
 /// The cache's upkeep in a running server: reconcile the index with the files once,
 /// then flush access times every 30 s and collect garbage on the configured schedule.
-pub async fn maintain(app: Arc<App>) {
-    match app.cache.reconcile().await {
+pub async fn maintain(c: Tiers) {
+    match c.disk.reconcile().await {
         Ok((adopted, gone)) if adopted + gone > 0 => {
             tracing::info!(adopted, gone, "disk cache index reconciled with the files")
         }
@@ -187,18 +199,18 @@ pub async fn maintain(app: Arc<App>) {
         Err(e) => tracing::warn!(error = %e, "disk cache reconcile failed"),
     }
     let mut flush = tokio::time::interval(FLUSH_EVERY);
-    let gc_every = app.config.cache.gc.interval;
+    let gc_every = c.config.gc.interval;
     let mut gc = gc_every.map(|e| tokio::time::interval_at(tokio::time::Instant::now() + e, e));
     loop {
         tokio::select! {
-            _ = flush.tick() => app.cache.flush().await,
+            _ = flush.tick() => c.disk.flush().await,
             _ = async {
                 match &mut gc {
                     Some(t) => { t.tick().await; }
                     None => std::future::pending::<()>().await,
                 }
             } => {
-                if let Err(e) = self::gc(&app, false).await {
+                if let Err(e) = self::gc(&c, false).await {
                     tracing::error!(error = %e, "scheduled garbage collection failed");
                 }
             }

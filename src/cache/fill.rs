@@ -25,7 +25,6 @@
 
 use super::disk::{DiskTier, ObjKind, Room};
 use crate::oci::Digest;
-use crate::server::file;
 use crate::storage::{Commit, Storage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -69,6 +68,18 @@ pub enum FillErrorKind {
 pub struct FillError {
     pub kind: FillErrorKind,
     pub message: String,
+}
+
+impl FillErrorKind {
+    /// The reason label of `agent_registry_fill_failures_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FillErrorKind::NotFound => "not_found",
+            FillErrorKind::Unavailable => "unavailable",
+            FillErrorKind::Mismatch => "mismatch",
+            FillErrorKind::Internal => "internal",
+        }
+    }
 }
 
 impl FillError {
@@ -284,7 +295,7 @@ impl Fills {
                 .remove(&f.digest);
             // A relay its readers all left is not a failure.
             let failure = outcome.as_ref().err().filter(|e| e.message != ABANDONED);
-            crate::metrics::fill_finished(failure.map(|e| e.kind));
+            crate::metrics::fill_finished(failure.map(|e| e.kind.as_str()));
             tx.send_modify(|p| {
                 if p.outcome.is_none() {
                     p.outcome = Some(outcome);
@@ -865,20 +876,13 @@ impl Fill {
         };
         // The reader's pin keeps the committed file from eviction until it is done.
         let pin = self.tier.as_ref().map(|t| t.pin(&self.digest));
-        // Called while handling the request: on a plain-HTTP/1 connection the bytes go
-        // out with sendfile(2) from the temp file, and take none of the read budget.
-        let splice = crate::server::sendfile::current();
-        let reader = splice.is_none().then(file::Reader::new);
-        let state = (
-            seat,
-            self.progress.clone(),
-            start,
-            false,
-            (pin, reader, splice),
-        );
+        // Called while handling the request: how the file's bytes reach the socket
+        // (sendfile(2) on plain HTTP/1, else reads under the budget) is `io::Out`'s choice.
+        let out = crate::io::Out::current();
+        let state = (seat, self.progress.clone(), start, false, (pin, out));
         Some(futures_util::stream::unfold(
             state,
-            move |(seat, mut rx, pos, done, (pin, reader, splice))| async move {
+            move |(seat, mut rx, pos, done, (pin, out))| async move {
                 if done {
                     return None;
                 }
@@ -890,7 +894,7 @@ impl Fill {
                     };
                     if let Some(Err(e)) = &outcome {
                         let err = io::Error::other(e.message.clone());
-                        return Some((Err(err), (seat, rx, pos, true, (pin, reader, splice))));
+                        return Some((Err(err), (seat, rx, pos, true, (pin, out))));
                     }
                     let limit = end.or(total);
                     if limit.is_some_and(|l| pos >= l) {
@@ -906,11 +910,10 @@ impl Fill {
                         let want = limit.map_or(avail, |l| avail.min(l)) - pos;
                         let read = match (&fill.file, relay_from) {
                             (Some(f), None) => {
-                                file::next_chunk(splice.as_ref(), f, pos, want).await
+                                out.chunk(f, pos, want).await
                             }
                             (Some(f), Some(from)) if pos < from => {
-                                file::next_chunk(splice.as_ref(), f, pos, want.min(from - pos))
-                                    .await
+                                out.chunk(f, pos, want.min(from - pos)).await
                             }
                             _ => fill.lock_relay().read(pos, want).ok_or_else(|| {
                                 io::Error::other(format!(
@@ -928,9 +931,9 @@ impl Fill {
                                 if relay_from.is_some() {
                                     fill.advanced.notify_waiters();
                                 }
-                                Some((Ok(b), (seat, rx, next, false, (pin, reader, splice))))
+                                Some((Ok(b), (seat, rx, next, false, (pin, out))))
                             }
-                            Err(e) => Some((Err(e), (seat, rx, pos, true, (pin, reader, splice)))),
+                            Err(e) => Some((Err(e), (seat, rx, pos, true, (pin, out)))),
                         };
                     }
                     if matches!(outcome, Some(Ok(()))) && pos >= written {
@@ -940,7 +943,7 @@ impl Fill {
                     if rx.changed().await.is_err() {
                         return Some((
                             Err(io::Error::other("fill ended without an outcome")),
-                            (seat, rx, pos, true, (pin, reader, splice)),
+                            (seat, rx, pos, true, (pin, out)),
                         ));
                     }
                 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::base::{positive, ConfigError, Secret, REDACTED};
 use super::merge::Origins;
-use super::{format_duration, parse_duration, positive, ConfigError, Secret, REDACTED};
+use super::{format_duration, parse_duration};
 
 /// Something a rule allows on a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use super::base::{invalid, one_of, ConfigError};
 use super::merge::Origins;
 use super::units::{format_duration, format_size, parse_duration, parse_size};
-use super::{invalid, one_of, ConfigError};
 
 /// Smallest `cache.memory.max_size` / `cache.max_size` that makes sense.
 const MIN_CAP: u64 = 1 << 20;

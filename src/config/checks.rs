@@ -1,9 +1,9 @@
 //! Checks of single upstream values (host names, urls, CA files, regexes) and of the
 //! upstreams together (aliases), with error texts that say what to write instead.
 
+use super::base::{ConfigError, EMBEDDED, REDACTED};
 use super::merge::{join, one_line, Origins};
 use super::upstream::UpstreamConfig;
-use super::{ConfigError, EMBEDDED, REDACTED};
 
 /// An alias may not be another upstream's name or alias. The error goes to whichever
 /// side a config file or flag set, so adding `[upstreams.hub]` blames that table rather

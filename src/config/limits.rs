@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::base::ConfigError;
 use super::merge::Origins;
 use super::units::{format_duration, format_size, parse_duration, parse_size};
-use super::ConfigError;
 
 /// The largest `limits.max_connections_per_client` (as `server.max_connections`).
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 10_000_000;

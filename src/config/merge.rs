@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-use super::{invalid, ConfigError, EMBEDDED};
+use super::base::{invalid, ConfigError, EMBEDDED};
 
 pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 

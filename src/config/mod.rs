@@ -15,6 +15,7 @@
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
 mod auth;
+mod base;
 mod cache;
 mod checks;
 mod limits;
@@ -27,7 +28,6 @@ mod upstream;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +36,8 @@ use serde::{Deserialize, Serialize};
 use toml::Table;
 
 pub use auth::{check_bcrypt, Action, AuthConfig, RuleConfig, UserConfig, Visibility};
+use base::{one_of, positive, EMBEDDED};
+pub use base::{ConfigError, Secret};
 pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
@@ -47,9 +49,7 @@ use upstream::{RawMirror, ShownUpstream};
 /// The default config with every key documented; compiled in.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/agent-registry.toml");
 
-const EMBEDDED: &str = "embedded default";
 const MAX_MANIFEST_SIZE_LIMIT: u64 = 64 << 20;
-const REDACTED: &str = "<redacted>";
 const MIN_HEADER_SIZE: u64 = 8 << 10;
 const MAX_HEADER_SIZE: u64 = 16 << 20;
 
@@ -144,78 +144,6 @@ impl LogFormat {
             LogFormat::Text => "text",
             LogFormat::Json => "json",
         }
-    }
-}
-
-/// A secret string: `Debug`, `Display` and `Serialize` give `<redacted>`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself: for sending it, never for logging it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(REDACTED)
-    }
-}
-
-/// A config problem. `origin` says where the value came from:
-/// `config <path>`, `config embedded default` or `environment <VAR>`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{origin}: cannot read: {error}")]
-    Read {
-        origin: String,
-        error: std::io::Error,
-    },
-    #[error("{origin}: line {line} column {column}: {message}")]
-    Syntax {
-        origin: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{origin}: unknown key {key}")]
-    UnknownKey { origin: String, key: String },
-    #[error("{origin}: key {key}: {problem}")]
-    Invalid {
-        origin: String,
-        key: String,
-        problem: String,
-    },
-    /// A bad `--upstream NAME=URL` (user info in the url is redacted).
-    #[error("--upstream {spec}: {problem}")]
-    Flag { spec: String, problem: String },
-}
-
-fn invalid(origin: &str, key: &str, problem: String) -> ConfigError {
-    let (origin, key) = (origin.to_string(), key.to_string());
-    ConfigError::Invalid {
-        origin,
-        key,
-        problem,
     }
 }
 
@@ -505,20 +433,4 @@ fn non_empty(s: &str) -> Result<String, String> {
         "" => Err("must not be empty".into()),
         _ => Ok(s.to_string()),
     }
-}
-
-/// Rejects zero (`0` bytes, a zero duration).
-fn positive<T: Default + PartialEq>(parsed: Result<T, String>) -> Result<T, String> {
-    parsed.and_then(|v| match v == T::default() {
-        true => Err("must be greater than 0".into()),
-        false => Ok(v),
-    })
-}
-
-/// Picks the value of `all` named `s`.
-fn one_of<T: Copy>(s: &str, all: &[T], name: fn(T) -> &'static str) -> Result<T, String> {
-    all.iter().copied().find(|v| name(*v) == s).ok_or_else(|| {
-        let names: Vec<String> = all.iter().map(|v| format!("{:?}", name(*v))).collect();
-        format!("invalid value {s:?}: expected {}", names.join(" or "))
-    })
 }

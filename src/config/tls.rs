@@ -12,9 +12,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
 
+use super::base::{invalid, ConfigError};
 use super::merge::Origins;
 use super::units::{format_duration, parse_duration};
-use super::{invalid, ConfigError};
 
 /// HTTPS on the listener, optionally requiring client certificates (mTLS).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,12 +9,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use super::base::{positive, ConfigError, Secret, EMBEDDED, REDACTED};
 use super::checks::{
     check_aliases, host_name, parse_url, readable_file, redact_userinfo, regex_problem,
 };
 use super::merge::{join, Origins};
 use super::units::{format_duration, format_size, parse_duration, parse_size};
-use super::{positive, Config, ConfigError, Secret, DEFAULT_CONFIG_TOML, EMBEDDED, REDACTED};
+use super::{Config, DEFAULT_CONFIG_TOML};
 
 /// How plain repository names are routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,8 +437,8 @@ fn build_upstream(
         aliases: raw.aliases,
         library_prefix: raw.library_prefix,
         username,
-        password: password.map(Secret),
-        token: token.map(Secret),
+        password: password.map(Secret::new),
+        token: token.map(Secret::new),
         ca_file,
         insecure_skip_verify: raw.insecure_skip_verify,
         tag_ttl: duration("tag_ttl", &raw.tag_ttl)?,

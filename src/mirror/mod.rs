@@ -1,9 +1,9 @@
-//! The pull-through mirror: which upstream serves a request, and the proxied manifest,
-//! blob, tag-list and referrers handlers. Hosted repositories never come here.
+//! The pull-through mirror's routing and policy: which upstream serves a request
+//! (`route.rs`), how upstream failures map to registry errors, and the background
+//! revalidation of stale tags (`revalidate.rs`). The proxied manifest, blob, tag-list
+//! and referrers handlers are `handlers/mirror/`. Hosted repositories never come here.
 
-pub mod blobs;
-pub mod listing;
-pub mod manifests;
+pub mod revalidate;
 pub mod route;
 
 use crate::config::Config;
@@ -26,7 +26,7 @@ pub struct Mirror {
     /// `mirror.hosted_on_push`.
     pub hosted_on_push: bool,
     /// Stale tags being revalidated in the background, one HEAD per tag.
-    pub revalidations: manifests::Revalidations,
+    pub revalidations: revalidate::Revalidations,
 }
 
 impl Mirror {

@@ -1,32 +1,19 @@
 //! The HTTP server: accepts TCP connections, optionally completes a TLS handshake
 //! (`tls.rs`), speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 by ALPN) through
-//! hyper-util's auto builder, hands every request to `App::handle`, and shuts down
+//! hyper-util's auto builder, hands every request to `dispatch::Handle::handle`, and shuts down
 //! gracefully. Connection limits (count, count per client address, header timeout,
 //! header size, idle timeout, request body timeout and rate floor) are applied here,
 //! idle tracking lives in `idle.rs`, the body clocks in `body.rs`, the systemd notify protocol in
-//! `systemd.rs`. Plain-TCP connections get a `sendfile::SendfileIo` socket, so their
+//! `systemd.rs`. Plain-TCP connections get a `crate::io::sendfile::SendfileIo` socket, so their
 //! HTTP/1 blob bodies go out with sendfile(2). One file per resource next to this one.
 
-pub mod admin;
-pub mod admin_cache;
-pub mod blobs;
-pub mod body;
-pub mod file;
-pub mod health;
 pub mod idle;
-pub mod limits;
-pub mod listing;
-pub mod manifests;
-pub mod router;
-pub mod search;
-pub mod sendfile;
 pub mod systemd;
 pub mod tls;
-pub mod token;
-pub mod uploads;
 
 use crate::app::App;
 use crate::config::ServerConfig;
+use crate::dispatch::Handle;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -58,10 +45,10 @@ pub async fn serve(
     ));
     // Likewise for one address over `limits.max_connections_per_client`: at accept
     // time nothing but the TCP peer is known (no credentials, no X-Forwarded-For).
-    let per_client = Arc::new(limits::ConnCounts::default());
+    let per_client = Arc::new(crate::limits::ConnCounts::default());
     let purge = tokio::spawn(purge_uploads(app.clone()));
     app.auth.spawn_log_writer();
-    let cache_upkeep = tokio::spawn(crate::cache::admin::maintain(app.clone()));
+    let cache_upkeep = tokio::spawn(crate::cache::admin::maintain(app.tiers()));
     let reload = tls.clone().map(|t| tokio::spawn(t.watch_files()));
     let mut watchdog = systemd::watchdog_interval()
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
@@ -284,7 +271,7 @@ struct Accepted {
     sendfile: bool,
     admin_only: bool,
     draining: bool,
-    body_limits: body::BodyLimits,
+    body_limits: crate::web::body::BodyLimits,
     idle_timeout: Duration,
     header_timeout: Duration,
 }
@@ -303,7 +290,7 @@ async fn serve_accepted(
         // Idle tracking starts after the handshake.
         let (io, slot) = match a.tls {
             None if a.sendfile => {
-                let (io, slot) = sendfile::SendfileIo::new(stream);
+                let (io, slot) = crate::io::sendfile::SendfileIo::new(stream);
                 (Some(Box::new(io) as Box<dyn Io>), Some(slot))
             }
             None => (Some(Box::new(stream) as Box<dyn Io>), None),
@@ -344,14 +331,14 @@ struct Conn<'a> {
     /// Accepted after the stop began: health and metrics are answered, the rest 503.
     draining: bool,
     /// Set on plain TCP with `server.sendfile`: HTTP/1 blob bodies use sendfile(2).
-    slot: Option<Arc<sendfile::Slot>>,
+    slot: Option<Arc<crate::io::sendfile::Slot>>,
     /// How slow a request body may be.
-    body_limits: body::BodyLimits,
+    body_limits: crate::web::body::BodyLimits,
 }
 
 /// The request body limits of `[limits]`.
-fn body_limits(l: &crate::config::LimitsConfig) -> body::BodyLimits {
-    body::BodyLimits {
+fn body_limits(l: &crate::config::LimitsConfig) -> crate::web::body::BodyLimits {
+    crate::web::body::BodyLimits {
         idle: l.body_idle_timeout,
         min_rate: l.body_min_rate,
     }
@@ -385,19 +372,19 @@ async fn serve_connection<I>(
             _ => None,
         };
         // Every handler reads its body through the body clocks.
-        let req = req.map(|b| body::TimedBody::new(b, body_limits));
+        let req = req.map(|b| crate::web::body::TimedBody::new(b, body_limits));
         async move {
             let health = matches!(
-                router::parse(req.uri().path()),
-                router::Route::Healthz
-                    | router::Route::Readyz
-                    | router::Route::Health
-                    | router::Route::Metrics
+                crate::web::route::parse(req.uri().path()),
+                crate::web::route::Route::Healthz
+                    | crate::web::route::Route::Readyz
+                    | crate::web::route::Route::Health
+                    | crate::web::route::Route::Metrics
             );
             let response = match (admin_only, draining && !health) {
                 (_, true) => shutting_down(req.method() == http::Method::HEAD),
                 (true, false) => app.handle_admin(req, peer).await,
-                (false, false) => sendfile::scope(slot, app.handle(req, peer)).await,
+                (false, false) => crate::io::sendfile::scope(slot, app.handle(req, peer)).await,
             };
             // The request stays in flight until its response body has been sent.
             Ok::<_, std::convert::Infallible>(
@@ -412,13 +399,13 @@ async fn serve_connection<I>(
 }
 
 /// 503 for a request that arrives while the server drains.
-fn shutting_down(head: bool) -> hyper::Response<body::Body> {
+fn shutting_down(head: bool) -> hyper::Response<crate::web::body::Body> {
     let e = crate::error::Error::client(
         http::StatusCode::SERVICE_UNAVAILABLE,
         crate::oci::ErrorCode::Unknown,
         "the server is shutting down; retry on another instance",
     );
-    body::error_response(&e, head)
+    crate::web::body::error_response(&e, head)
 }
 
 /// Removes abandoned upload sessions every `upload_purge_interval`.

@@ -14,9 +14,11 @@ pub use blobs::{Commit, FsBlobs, TempBlob};
 pub use meta::{ManifestRow, Meta, MetaError, NewManifest};
 pub use uploads::{UploadError, Uploads};
 
-use crate::oci::Digest;
+use crate::error::Error;
+use crate::oci::{Digest, ErrorCode};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use http::StatusCode;
 use std::io;
 use std::path::Path;
 
@@ -29,12 +31,7 @@ pub enum StorageError {
     Meta(#[from] MetaError),
 }
 
-/// Whether `e` means the disk (or the owner's quota) is full: ENOSPC, EDQUOT.
-pub fn is_out_of_space(e: &io::Error) -> bool {
-    const ENOSPC: i32 = 28;
-    const EDQUOT: i32 = 122;
-    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
-}
+pub use crate::error::is_out_of_space;
 
 impl StorageError {
     /// The write failed because the disk is full (not the store's fault, nor the client's).
@@ -188,4 +185,57 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
         );
     }
     Ok(())
+}
+
+// How storage failures answer a request: a full disk is 507, a broken request body or
+// upload a client error with its OCI code, anything else this server's fault.
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e.is_out_of_space() {
+            true => Error::insufficient_storage(&e),
+            false => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<MetaError> for Error {
+    fn from(e: MetaError) -> Self {
+        match e.is_out_of_space() {
+            true => Error::insufficient_storage(&e),
+            false => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<IngestError> for Error {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Body(m) => Error::bad_request(
+                ErrorCode::BlobUploadInvalid,
+                format!("request body broke off: {m}"),
+            ),
+            IngestError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<UploadError> for Error {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Unknown(id) => {
+                Error::not_found(ErrorCode::BlobUploadUnknown, format!("upload {id} unknown"))
+            }
+            UploadError::OutOfOrder { .. } | UploadError::RangeMismatch { .. } => Error::client(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUploadInvalid,
+                e.to_string(),
+            ),
+            UploadError::Mismatch { actual } => Error::bad_request(
+                ErrorCode::DigestInvalid,
+                format!("digest mismatch: uploaded content has digest {actual}"),
+            ),
+            UploadError::Ingest(i) => i.into(),
+        }
+    }
 }

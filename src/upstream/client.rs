@@ -54,7 +54,11 @@ impl Upstream {
         let mut ticket = match self.health.admit(repo) {
             Ok(t) => t,
             Err(refusal) => {
-                crate::metrics::upstream_refused(&self.cfg.name, refusal.state);
+                let reason = match refusal.state {
+                    super::health::State::RateLimited => "rate_limited",
+                    _ => "down",
+                };
+                crate::metrics::upstream_refused(&self.cfg.name, reason);
                 return Err(UpstreamError::Refused {
                     upstream: self.cfg.name.clone(),
                     what: format!("{method} {path}"),
@@ -68,7 +72,11 @@ impl Upstream {
         let result = self
             .send_unmetered(method, path, repo, headers, &mut ticket)
             .await;
-        crate::metrics::upstream_request(&self.cfg.name, &result, start.elapsed());
+        crate::metrics::upstream_request(
+            &self.cfg.name,
+            super::error::outcome(&result),
+            start.elapsed(),
+        );
         result
     }
 

@@ -227,6 +227,33 @@ impl UpstreamError {
     }
 }
 
+/// The outcome label of an upstream request (`agent_registry_upstream_requests_total`).
+pub fn outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
+    let e = match r {
+        Ok(_) => return "ok",
+        Err(e) => e,
+    };
+    match e {
+        UpstreamError::Status { status, .. } => match *status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "auth_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            s if s.is_server_error() => "server_error",
+            _ => "client_error",
+        },
+        UpstreamError::TooManyRequests { .. } => "rate_limited",
+        // Refused requests are not sent: counted in UPSTREAM_REFUSED_TOTAL instead.
+        UpstreamError::Refused { .. } => "connect_error",
+        UpstreamError::Auth { .. } => "auth_error",
+        UpstreamError::Timeout { .. } => "timeout",
+        UpstreamError::Connect { .. }
+        | UpstreamError::Tls { .. }
+        | UpstreamError::Request { .. }
+        | UpstreamError::Body { .. } => "connect_error",
+        UpstreamError::Config { .. } | UpstreamError::InvalidRequest { .. } => "client_error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +347,30 @@ mod tests {
             e.to_string(),
             "upstream quay.io: HEAD /v2/a/blobs/sha256:00: 503 Service Unavailable"
         );
+    }
+
+    #[test]
+    fn upstream_outcomes() {
+        let status = |s: u16| -> Result<(), UpstreamError> {
+            Err(UpstreamError::Status {
+                upstream: "u".into(),
+                what: "GET /v2/".into(),
+                status: StatusCode::from_u16(s).unwrap_or(StatusCode::IM_A_TEAPOT),
+                code: None,
+                message: None,
+            })
+        };
+        assert_eq!(outcome::<()>(&Ok(())), "ok");
+        assert_eq!(outcome(&status(404)), "not_found");
+        assert_eq!(outcome(&status(401)), "auth_error");
+        assert_eq!(outcome(&status(400)), "client_error");
+        assert_eq!(outcome(&status(503)), "server_error");
+        let timeout: Result<(), _> = Err(UpstreamError::Timeout {
+            upstream: "u".into(),
+            what: "GET /v2/".into(),
+            phase: TimeoutPhase::FirstByte,
+            after: Duration::from_secs(1),
+        });
+        assert_eq!(outcome(&timeout), "timeout");
     }
 }

@@ -12,6 +12,7 @@ mod uploads;
 
 use crate::support::http::{image_manifest, Http, Resp};
 use crate::support::server::TestServer;
+use agent_registry::dispatch::Handle;
 use agent_registry::oci::{Algorithm, Digest};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

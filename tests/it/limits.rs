@@ -6,6 +6,7 @@
 use crate::support::http::Http;
 use crate::support::server::TestServer;
 use agent_registry::config::{Config, IpNet, LimitsConfig, Rate};
+use agent_registry::dispatch::Handle;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -31,7 +32,7 @@ const MANIFEST: &str = "/v2/t/limited/manifests/v1";
 const BLOB: &str =
     "/v2/t/limited/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Status, `Retry-After` and OCI error code (if any) of a request through `App::handle`
+/// Status, `Retry-After` and OCI error code (if any) of a request through `dispatch::Handle::handle`
 /// from a made-up peer: no socket, so any address will do.
 async fn handle(srv: &TestServer, peer: &str, xff: Option<&str>) -> (StatusCode, Option<String>) {
     let mut b = Request::builder().uri(MANIFEST);

@@ -7,6 +7,7 @@ use crate::support::fake_upstream::FakeUpstream;
 use crate::support::http::{image_manifest, Http};
 use crate::support::server::TestServer;
 use agent_registry::config::UpstreamConfig;
+use agent_registry::dispatch::Handle;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
@@ -240,7 +241,7 @@ async fn a_refused_write_counts_as_denied() {
     let srv = TestServer::start();
     let http = Http::new(&srv.host());
     let before = scrape(&http).await;
-    // Not through a socket: App::handle with a peer that is not loopback.
+    // Not through a socket: Handle::handle with a peer that is not loopback.
     let req = Request::builder()
         .method(Method::PUT)
         .uri("/v2/metrics/refused/manifests/v1")
@@ -364,7 +365,7 @@ fn tidy_every_metric_is_documented() {
         .unwrap_or_else(|| panic!("the route list in {row}"));
     let mut listed: Vec<&str> = listed.split(", ").map(str::trim).collect();
     listed.sort_unstable();
-    let mut routes = agent_registry::server::router::LABELS.to_vec();
+    let mut routes = agent_registry::web::route::LABELS.to_vec();
     routes.sort_unstable();
     assert_eq!(listed, routes, "README's route label values");
 }

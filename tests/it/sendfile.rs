@@ -1,4 +1,4 @@
-//! Blob bodies sent with sendfile(2) on plain-HTTP/1 connections (`server/sendfile.rs`):
+//! Blob bodies sent with sendfile(2) on plain-HTTP/1 connections (`io/sendfile.rs`):
 //! the bytes on the wire are the file's, whole, ranged, pipelined, during a cold fill,
 //! and over HTTP/2 (which copies). `agent_registry_sendfile_bytes_total` shows the path
 //! was taken; the recorder is process-wide, so only its growth is asserted.

@@ -2,11 +2,12 @@
 //! `GET /admin/cache/stats`, `POST /admin/cache/purge?repo=...|digest=...` and
 //! `POST /admin/gc?dry_run=1`. Each answers JSON.
 
-use crate::app::{query, query_get, App};
+use crate::app::App;
 use crate::cache::admin;
 use crate::error::{Error, Result};
 use crate::oci::ErrorCode;
-use crate::server::body::{json_bytes, Body};
+use crate::web::body::{json_bytes, Body};
+use crate::web::{query, query_get};
 use http::{Response, StatusCode, Uri};
 use std::sync::Arc;
 
@@ -39,11 +40,15 @@ pub async fn purge(app: &Arc<App>, uri: &Uri) -> Result<Response<Body>> {
             ))
         }
     };
-    json(&admin::purge(app, &target).await.map_err(internal)?)
+    json(
+        &admin::purge(&app.tiers(), &target)
+            .await
+            .map_err(internal)?,
+    )
 }
 
 pub async fn gc(app: &Arc<App>, uri: &Uri) -> Result<Response<Body>> {
     let q = query(uri);
     let dry_run = matches!(query_get(&q, "dry_run"), Some("1" | "true"));
-    json(&admin::gc(app, dry_run).await.map_err(internal)?)
+    json(&admin::gc(&app.tiers(), dry_run).await.map_err(internal)?)
 }

@@ -5,8 +5,8 @@
 //! Upstream trouble never makes the server unready: stale content is still served.
 
 use crate::app::App;
-use crate::server::body::{full, json, Body};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::web::body::{full, json, Body};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -96,7 +96,24 @@ pub async fn detailed(app: &Arc<App>) -> Response<Body> {
 
 /// `GET /metrics`: every metric in the text exposition format.
 pub fn metrics(app: &App) -> Response<Body> {
-    let mut r = Response::new(full(crate::metrics::render(app)));
+    for up in &app.mirror().upstreams {
+        let state = up.health().state() as u8;
+        crate::metrics::scrape_upstream(up.name(), state, up.ratelimit_remaining());
+    }
+    crate::metrics::scrape_storage(&app.config.storage.data_dir);
+    let s = app.cache.stats();
+    crate::metrics::scrape_cache(crate::metrics::CacheGauges {
+        memory_entries: s.memory_entries,
+        memory_bytes: s.memory_bytes,
+        memory_max_bytes: s.memory_max_bytes,
+        disk_entries: s.entries,
+        disk_bytes: s.bytes,
+        disk_max_bytes: s.max_bytes,
+        disk_evictions: s.evictions,
+        disk_evicted_bytes: s.evicted_bytes,
+        write_disabled: s.write_disabled,
+    });
+    let mut r = Response::new(full(crate::metrics::render()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(METRICS_CONTENT_TYPE),

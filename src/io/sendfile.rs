@@ -213,7 +213,7 @@ impl AsyncWrite for SendfileIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::file::file_of;
+    use crate::io::file::file_of;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn pair() -> (SendfileIo, Arc<Slot>, TcpStream) {

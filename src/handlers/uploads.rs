@@ -1,13 +1,14 @@
 //! `/v2/<name>/blobs/uploads/`: monolithic, POST-then-PUT and chunked uploads, status,
 //! cancel, and cross-repository mounts.
 
-use crate::app::{location, query, query_get, App};
+use crate::app::App;
 use crate::error::{Error, Result};
+use crate::handlers::blobs::parse_digest;
 use crate::oci::{ErrorCode, RepoName};
-use crate::server::blobs::parse_digest;
-use crate::server::body::{data_stream, hv, status, Body, ReqBody, DOCKER_CONTENT_DIGEST};
 use crate::storage::uploads::UploadError;
 use crate::storage::Ingest;
+use crate::web::body::{data_stream, hv, status, Body, ReqBody, DOCKER_CONTENT_DIGEST};
+use crate::web::{location, query, query_get};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 use uuid::Uuid;

@@ -6,12 +6,13 @@
 //! `ai.agent.capabilities`, a comma-separated list). Manifests are content-addressed, so
 //! what was read from one is kept by digest and never goes stale.
 
-use crate::app::{query, query_get, App};
+use crate::app::App;
 use crate::auth::Identity;
 use crate::config::parse_size;
 use crate::error::{Error, Result};
 use crate::oci::{Digest, ErrorCode};
-use crate::server::body::{json, Body};
+use crate::web::body::{json, Body};
+use crate::web::{query, query_get};
 use http::{Response, StatusCode, Uri};
 use serde::Serialize;
 use serde_json::{json, Value};

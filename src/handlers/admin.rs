@@ -13,15 +13,17 @@
 //! - `GET cache/stats`, `POST cache/purge?repo=|digest=`, `POST gc[?dry_run=1]`
 //!   (`admin_cache.rs`).
 
-use crate::app::{query, query_get, App, Ctx};
+use crate::app::App;
 use crate::auth::policy::{parse_scope, Actions, Subject};
 use crate::auth::store::now_ms;
 use crate::auth::Identity;
 use crate::config::{parse_duration, Visibility};
 use crate::error::{Error, Result};
+use crate::handlers::admin_cache;
+use crate::handlers::Ctx;
 use crate::oci::{ErrorCode, RepoName};
-use crate::server::admin_cache;
-use crate::server::body::{full, json, json_bytes, read_limited, Body, ReqBody};
+use crate::web::body::{full, json, json_bytes, read_limited, Body, ReqBody};
+use crate::web::{query, query_get};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;

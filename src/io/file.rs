@@ -4,7 +4,7 @@
 //! stays flat however many clients download at once. Used for committed blobs
 //! (`server::blobs`) and for fills in progress (`cache::fill`). Knows nothing about HTTP.
 
-use crate::server::sendfile::Slot;
+use crate::io::sendfile::Slot;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::fs::File;

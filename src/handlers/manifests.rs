@@ -1,12 +1,13 @@
 //! `/v2/<name>/manifests/<reference>`: GET, HEAD, PUT, DELETE for hosted repositories.
 
-use crate::app::{location, query, App};
+use crate::app::App;
 use crate::error::{Error, Result};
 use crate::oci::{manifest, Digest, ErrorCode, Reference, RepoName};
-use crate::server::body::{
+use crate::storage::{Commit, NewManifest};
+use crate::web::body::{
     empty, full, hv, hv_owned, read_limited, status, Body, ReqBody, DOCKER_CONTENT_DIGEST,
 };
-use crate::storage::{Commit, NewManifest};
+use crate::web::{location, query};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 
@@ -98,7 +99,7 @@ pub fn respond_bytes(
 ) -> Response<Body> {
     let size = bytes.len() as u64;
     let mut r = Response::new(full(bytes));
-    // Room for these and the ones `App::handle` adds, without growing.
+    // Room for these and the ones dispatch adds, without growing.
     *r.headers_mut() = http::HeaderMap::with_capacity(8);
     headers(&mut r, d, media_type, size, warning);
     r

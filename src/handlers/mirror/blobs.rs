@@ -8,17 +8,17 @@
 //! the disk (still one upstream fetch for every concurrent client); a client that joins
 //! a relay after it moved past its start streams on its own (`bypass`), verified.
 
-use super::{upstream_blob_error, Proxy};
-use crate::app::{App, CacheStatus, Ctx};
+use crate::app::App;
 use crate::cache::{FillError, FillErrorKind, FillOpts, Opened, Source};
 use crate::error::{Error, Result};
+use crate::handlers::blobs::{blob_headers, parse_digest, serve_file, unsatisfiable};
+use crate::handlers::{CacheStatus, Ctx};
 use crate::metrics::Source as Served;
+use crate::mirror::{upstream_blob_error, Proxy};
 use crate::oci::{Digest, ErrorCode};
-use crate::server::blobs::{
-    blob_headers, parse_digest, parse_range, serve_file, unsatisfiable, RangeReq,
-};
-use crate::server::body::{status, stream, Body};
 use crate::upstream::UpstreamError;
+use crate::web::body::{status, stream, Body};
+use crate::web::range::{parse_range, RangeReq};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -121,7 +121,7 @@ pub async fn get(
         let mut r = Response::new(stream(reader));
         r.headers_mut().insert(
             "docker-content-digest",
-            crate::server::body::hv(&digest.to_string()),
+            crate::web::body::hv(&digest.to_string()),
         );
         return Ok(r);
     };
@@ -212,7 +212,7 @@ async fn bypass(
         let mut r = Response::new(stream(verified(opened.stream, digest.clone())));
         r.headers_mut().insert(
             "docker-content-digest",
-            crate::server::body::hv(&digest.to_string()),
+            crate::web::body::hv(&digest.to_string()),
         );
         return Ok(r);
     };
@@ -341,7 +341,7 @@ async fn head_upstream(p: &Proxy, digest: &Digest) -> Result<Response<Body>> {
             }
             h.insert(
                 "docker-content-digest",
-                crate::server::body::hv(&digest.to_string()),
+                crate::web::body::hv(&digest.to_string()),
             );
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             Ok(r)
@@ -401,7 +401,7 @@ fn source(p: &Proxy, digest: &Digest) -> Source {
             if offset > 0 {
                 headers.insert(
                     header::RANGE,
-                    crate::server::body::hv(&format!("bytes={offset}-")),
+                    crate::web::body::hv(&format!("bytes={offset}-")),
                 );
             }
             let resp = match up.send(Method::GET, &path, &repo, headers).await {

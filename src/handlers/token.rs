@@ -6,13 +6,15 @@
 //! own `exp` (never later), and only while the user or API token it was issued for
 //! still stands (checked when it authenticates, see `crate::auth`).
 
-use crate::app::{query, App, Ctx};
+use crate::app::App;
 use crate::auth::jwt::Access;
 use crate::auth::Identity;
 use crate::config::Action;
 use crate::error::{Error, Result};
+use crate::handlers::Ctx;
 use crate::oci::{ErrorCode, RepoName};
-use crate::server::body::{json, read_limited, Body, ReqBody};
+use crate::web::body::{json, read_limited, Body, ReqBody};
+use crate::web::query;
 use base64::Engine;
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;

@@ -1,11 +1,12 @@
 //! Listings: `/v2/<name>/tags/list`, `/v2/_catalog` (both paginated with `n`, `last`
 //! and a `Link` header) and the referrers API `/v2/<name>/referrers/<digest>`.
 
-use crate::app::{query, query_get, App};
+use crate::app::App;
 use crate::error::{Error, Result};
+use crate::handlers::blobs::parse_digest;
 use crate::oci::{manifest::OCI_INDEX, ErrorCode, RepoName};
-use crate::server::blobs::parse_digest;
-use crate::server::body::{hv, json, json_bytes, Body};
+use crate::web::body::{hv, json, json_bytes, Body};
+use crate::web::{query, query_get};
 use http::{header, Response, StatusCode, Uri};
 use serde_json::json;
 use std::sync::Arc;

@@ -3,13 +3,14 @@
 //! An upstream without the referrers API answers 404, which is passed on so clients use
 //! the `sha256-<hex>` tag fallback, itself an ordinary proxied tag.
 
-use super::{upstream_error, Proxy};
-use crate::app::{App, CacheStatus, Ctx};
+use crate::app::App;
 use crate::error::{Error, Result};
+use crate::handlers::blobs::parse_digest;
+use crate::handlers::{CacheStatus, Ctx};
+use crate::mirror::{upstream_error, Proxy};
 use crate::oci::{manifest::OCI_INDEX, ErrorCode, RepoName};
-use crate::server::blobs::parse_digest;
-use crate::server::body::{hv, json_bytes, Body};
 use crate::storage::mirror_meta::now_ms;
+use crate::web::body::{hv, json_bytes, Body};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, Method, Response, StatusCode, Uri};

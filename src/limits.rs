@@ -23,7 +23,7 @@ use http::HeaderMap;
 
 use crate::config::{LimitsConfig, Rate};
 use crate::error::Error;
-use crate::server::router::Route;
+use crate::web::route::Route;
 
 /// Sweep every second, not every minute, while more clients than this are tracked.
 pub const SWEEP_ABOVE: usize = 100_000;
@@ -158,7 +158,7 @@ impl Limits {
             Class::Manifests => self.config.manifests,
             Class::Blobs => self.config.blobs,
         };
-        let secs = crate::server::body::retry_after_secs(retry_after);
+        let secs = crate::web::body::retry_after_secs(retry_after);
         Err(Error::TooManyRequests {
             retry_after,
             message: format!(

@@ -7,28 +7,23 @@
 //! as they do at once when the upstream is unreachable, failing, rate-limiting or known
 //! down (up to `max_stale`). Bytes are cached exactly as the upstream sent them.
 
-use super::{upstream_error, Proxy};
-use crate::app::{App, CacheStatus, Ctx};
+use crate::app::App;
 use crate::cache::memory::Manifest;
 use crate::cache::ObjKind;
 use crate::error::{Error, Result};
+use crate::handlers::manifests::{respond, respond_bytes};
+use crate::handlers::{CacheStatus, Ctx};
 use crate::metrics::Source;
+use crate::mirror::revalidate::{accept_headers, head_manifest, Joined, Waiting};
+use crate::mirror::{upstream_error, Proxy};
 use crate::oci::{manifest, Digest, ErrorCode, Reference};
-use crate::server::body::Body;
-use crate::server::manifests::{respond, respond_bytes};
 use crate::storage::mirror_meta::{now_ms, TagRow};
 use crate::storage::Commit;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::web::body::Body;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
-
-/// What the mirror asks upstreams for; nothing is converted, so every format is accepted.
-pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+use http::{header, Method, Response, StatusCode};
+use std::sync::Arc;
 
 const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
@@ -41,12 +36,6 @@ fn unknown(p: &Proxy, r: &str) -> Error {
             p.upstream.name()
         ),
     )
-}
-
-fn accept_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(header::ACCEPT, HeaderValue::from_static(ACCEPT));
-    h
 }
 
 pub async fn get(
@@ -352,7 +341,7 @@ async fn by_tag(
             let servable =
                 (now.saturating_sub(row.fetched_ms) as u128) < (ttl + cfg.max_stale).as_millis();
             let waiting = revalidation(app, p, tag, row);
-            match wait_for(waiting, servable).await {
+            match waiting.wait(servable).await {
                 Some(answer) => answer,
                 None => {
                     tracing::debug!(upstream = up.name(), repo = %p.repo, tag, "revalidation still running, serving stale tag");
@@ -429,42 +418,6 @@ async fn by_tag(
     }
 }
 
-/// A HEAD's answer: the digest, media type and length the upstream states.
-type HeadAnswer = std::result::Result<(Option<Digest>, Option<String>, Option<u64>), UpstreamError>;
-
-/// How long a request waits for the revalidation of a stale tag (counted from the
-/// revalidation's start) before the stale mapping is served with `Warning: 110`.
-pub const REVALIDATE_WAIT: Duration = Duration::from_millis(500);
-
-/// Revalidations in flight, one per (upstream, repository, tag): every request that finds
-/// the mapping stale while one runs waits on the same HEAD.
-#[derive(Default)]
-pub struct Revalidations {
-    inflight: Mutex<HashMap<(String, String, String), Waiting>>,
-}
-
-/// A revalidation to wait on: when it started and its answer once there.
-#[derive(Clone)]
-pub struct Waiting {
-    started: Instant,
-    answer: watch::Receiver<Option<HeadAnswer>>,
-}
-
-impl Revalidations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Waiting>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Revalidations running now (for tests and /health).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Joins the revalidation of `tag` or starts it: a HEAD upstream in its own task, so it
 /// goes on when the requests that wanted it have been answered stale. A HEAD naming the
 /// row's digest restarts the row's clock there and then.
@@ -475,17 +428,10 @@ fn revalidation(app: &Arc<App>, p: &Proxy, tag: &str, row: &TagRow) -> Waiting {
         p.repo.clone(),
         tag.to_string(),
     );
-    let mut inflight = mirror.revalidations.lock();
-    if let Some(w) = inflight.get(&key) {
-        return w.clone();
-    }
-    let (tx, rx) = watch::channel(None);
-    let waiting = Waiting {
-        started: Instant::now(),
-        answer: rx,
+    let (waiting, tx) = match mirror.revalidations.join(key.clone()) {
+        Joined::Running(w) => return w,
+        Joined::Started(w, tx) => (w, tx),
     };
-    inflight.insert(key.clone(), waiting.clone());
-    drop(inflight);
     let (app, p, tag, row) = (app.clone(), p.clone(), tag.to_string(), row.clone());
     tokio::spawn(async move {
         let path = format!("/v2/{}/manifests/{tag}", p.repo);
@@ -501,57 +447,10 @@ fn revalidation(app: &Arc<App>, p: &Proxy, tag: &str, row: &TagRow) -> Waiting {
         }
         // Out of the table first: a request that finds it gone starts afresh and sees the
         // saved row.
-        mirror.revalidations.lock().remove(&key);
+        mirror.revalidations.done(&key);
         let _ = tx.send(Some(answer));
     });
     waiting
-}
-
-/// The revalidation's answer; None when it has not come within [`REVALIDATE_WAIT`] of the
-/// revalidation's start and the stale row may be served (`servable`), else waits for it.
-async fn wait_for(mut w: Waiting, servable: bool) -> Option<HeadAnswer> {
-    let done = async {
-        match w.answer.wait_for(|a| a.is_some()).await {
-            Ok(a) => a.clone(),
-            Err(_) => None,
-        }
-    };
-    let answer = match servable {
-        true => tokio::time::timeout_at((w.started + REVALIDATE_WAIT).into(), done)
-            .await
-            .ok()?,
-        false => done.await,
-    };
-    // A revalidation task that died (a panic) leaves no answer: ask again directly.
-    Some(answer.unwrap_or_else(|| {
-        Err(UpstreamError::Request {
-            upstream: String::new(),
-            what: String::new(),
-            message: "the revalidation ended without an answer".into(),
-        })
-    }))
-}
-
-/// HEAD for a manifest: the digest, media type and length its headers state.
-async fn head_manifest(up: &Upstream, path: &str, repo: &str) -> HeadAnswer {
-    up.send(Method::HEAD, path, repo, accept_headers())
-        .await
-        .map(|r| {
-            let h = r.headers();
-            let digest = h
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Digest>().ok());
-            let mt = h
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
-            let len = h
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            (digest, mt, len)
-        })
 }
 
 /// Serves the manifest a tag row points at, fetching it by digest if only the mapping is known.

@@ -799,3 +799,40 @@ fn sign_and_verify_against_cncf_distribution() {
     );
     assert_nothing_stored(&fresh, &info);
 }
+
+/// A multi-platform image: the index digest is what is signed and what a pull of any
+/// platform verifies.
+#[test]
+fn a_signed_index_verifies_for_each_platform() {
+    let srv = TestServer::start();
+    let host = srv.host();
+    let home = Home::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = generate(&home, keys.path(), "cosign");
+    let info = img::multi_arch_image(&home.images(), "agents/multi:1", 95);
+    let (digest, tag) = push_signed(&home, &host, "agents/multi:1", &key);
+    assert_eq!(digest, info.manifest_digest);
+    let m = get(&host, &format!("/v2/agents/multi/manifests/{tag}")).json();
+    assert_eq!(m["subject"]["mediaType"], img::INDEX_V1, "{m}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let other = Home::new();
+        let v = ok_json(
+            agent(
+                &other,
+                &[
+                    "pull",
+                    &format!("{host}/agents/multi:1"),
+                    "--platform",
+                    platform,
+                    "--verify-signature",
+                    "--key",
+                    public.to_str().unwrap(),
+                    "--json",
+                ],
+            ),
+            "pull --verify-signature --platform",
+        );
+        assert_eq!(v["digest"], digest.as_str(), "{platform}");
+        assert_eq!(v["signature_verified_by"], public.to_str().unwrap());
+    }
+}

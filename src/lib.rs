@@ -13,6 +13,7 @@
 //! - `logging`, `logring`: the buffered stderr log writer; the ring of recent records
 //!   behind `GET /admin/logs`
 //! - `metrics`: every metric name, once; the Prometheus recorder behind `GET /metrics`
+//! - `scan`: vulnerability reports (SARIF, CycloneDX, Trivy JSON, in-toto wrapped) -> one summary
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod logring;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod scan;
 pub mod server;
 pub mod storage;
 pub mod upstream;

@@ -175,6 +175,31 @@ pub fn is_report_type(media_type: &str) -> bool {
         || t == "application/vnd.cyclonedx"
 }
 
+/// The media type to attach a report document under: its format's, or its wrapper's
+/// (DSSE envelope, sigstore bundle, in-toto statement). `None` for other documents.
+pub fn media_type_of(v: &Value) -> Option<String> {
+    if let Some(f) = Format::detect(v) {
+        return Some(f.media_type().to_string());
+    }
+    if v["payloadType"].is_string() && v["payload"].is_string() {
+        return Some(DSSE.to_string());
+    }
+    if v["dsseEnvelope"].is_object() {
+        return Some(
+            text(&v["mediaType"])
+                .filter(|m| m.starts_with(SIGSTORE_BUNDLE))
+                .unwrap_or_else(|| format!("{SIGSTORE_BUNDLE}.v0.3+json")),
+        );
+    }
+    if v["_type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("https://in-toto.io/Statement"))
+    {
+        return Some(IN_TOTO.to_string());
+    }
+    None
+}
+
 /// One vulnerability in one package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -461,6 +486,24 @@ mod tests {
             "application/vnd.dev.cosign.simplesigning.v1+json"
         ));
         assert!(!is_report_type("application/vnd.oci.image.config.v1+json"));
+        let m = |v: Value| media_type_of(&v);
+        assert_eq!(
+            m(serde_json::json!({"version": "2.1.0", "runs": []})).as_deref(),
+            Some(SARIF)
+        );
+        assert_eq!(
+            m(serde_json::json!({"bomFormat": "CycloneDX"})).as_deref(),
+            Some(CYCLONEDX)
+        );
+        assert_eq!(
+            m(serde_json::json!({"SchemaVersion": 2, "ArtifactName": "x"})).as_deref(),
+            Some(TRIVY_JSON)
+        );
+        assert_eq!(
+            m(serde_json::json!({"payloadType": "x", "payload": ""})).as_deref(),
+            Some(DSSE)
+        );
+        assert_eq!(m(serde_json::json!({"a": 1})), None);
     }
 
     #[test]

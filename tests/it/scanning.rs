@@ -174,6 +174,36 @@ fn push_security_scan_attaches_each_format_and_scan_results_reads_it() {
             "--json",
         ]);
         assert_eq!(v["format"], format, "{v}");
+        // The documented shape (README, "Vulnerability reports").
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "counts",
+                "created",
+                "digest",
+                "findings",
+                "format",
+                "reference",
+                "report",
+                "repository",
+                "scanner",
+                "total"
+            ],
+            "{v}"
+        );
+        let mut fkeys: Vec<&str> = v["findings"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fkeys.sort_unstable();
+        assert_eq!(
+            fkeys,
+            ["fixed", "id", "installed", "package", "severity", "title"]
+        );
         assert_eq!(v["digest"], image.as_str());
         assert_eq!(v["report"]["digest"], report_digest);
         assert_eq!(v["report"]["artifact_type"], media_type);
@@ -309,8 +339,52 @@ assert resp.status_code == 201, (resp.status_code, resp.text)
 print(json.dumps({"subject": subject["digest"], "digest": digest}))
 "#;
 
+/// Pushes what `cosign attest --type vuln --predicate trivy.json` leaves in a registry
+/// without referrers: a manifest under the tag `sha256-<hex>.att` whose layer is a DSSE
+/// envelope (`application/vnd.dsse.envelope.v1+json`, annotation `predicateType`) carrying an
+/// in-toto statement with cosign's vuln predicate, the Trivy report in `scanner.result`.
+const ORAS_COSIGN_ATT: &str = r#"
+import base64, hashlib, json, os, sys
+import oras.client, oras.container, oras.oci
+
+host, repo, subject, report, work = sys.argv[1:6]
+os.chdir(work)
+client = oras.client.OrasClient(hostname=host, insecure=True)
+statement = {
+    "_type": "https://in-toto.io/Statement/v0.1",
+    "predicateType": "https://cosign.sigstore.dev/attestation/vuln/v1",
+    "subject": [{"name": f"{host}/{repo}", "digest": {"sha256": subject.split(":")[1]}}],
+    "predicate": {
+        "invocation": {"parameters": None, "uri": "", "event_id": "", "builder.id": ""},
+        "scanner": {"uri": "pkg:github/aquasecurity/trivy@v0.57.1", "version": "0.57.1",
+                    "db": {"uri": "", "version": ""}, "result": json.load(open(report))},
+        "metadata": {"scanStartedOn": "2024-07-01T00:00:00Z", "scanFinishedOn": "2024-07-01T00:00:00Z"},
+    },
+}
+envelope = {"payloadType": "application/vnd.in-toto+json",
+            "payload": base64.b64encode(json.dumps(statement).encode()).decode(),
+            "signatures": [{"keyid": "", "sig": "MEUCIQDfakeAAAA"}]}
+with open("att.json", "w") as f:
+    json.dump(envelope, f)
+with open("config.json", "w") as f:
+    json.dump({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}, f)
+tag = "sha256-" + subject.split(":")[1] + ".att"
+container = oras.container.Container(f"{host}/{repo}:{tag}")
+config = oras.oci.NewLayer("config.json", media_type="application/vnd.oci.image.config.v1+json")
+layer = oras.oci.NewLayer("att.json", media_type="application/vnd.dsse.envelope.v1+json")
+layer["annotations"] = {"predicateType": "https://cosign.sigstore.dev/attestation/vuln/v1"}
+for path, desc in (("config.json", config), ("att.json", layer)):
+    resp = client.upload_blob(path, container, desc)
+    assert resp.status_code in (200, 201, 202), resp.text
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": [layer]}
+resp = client.upload_manifest(manifest, container)
+assert resp.status_code == 201, (resp.status_code, resp.text)
+print(json.dumps({"tag": tag}))
+"#;
+
 #[test]
-fn a_sarif_report_attached_by_oras_py_is_read_by_scan_results() {
+fn reports_attached_by_oras_py_and_cosign_style_are_read_newest_first() {
     if !tools::require("oras") {
         return;
     }
@@ -361,4 +435,47 @@ fn a_sarif_report_attached_by_oras_py_is_read_by_scan_results() {
     let t = home.ok(&["registry", "image", "scan-results", "agents/scan:1"]);
     assert!(t.contains("Scanner:   Trivy 0.57.1"), "{t}");
     assert!(t.contains("Scanned:   2024-06-05T10:00:00Z"), "{t}");
+
+    // A newer report, as cosign attest leaves it under the .att tag: now the newest.
+    let mut trivy: Value =
+        serde_json::from_slice(&std::fs::read(fixture("trivy.json")).unwrap()).unwrap();
+    trivy["CreatedAt"] = json!("2024-07-01T00:00:00Z");
+    let report = work.path().join("trivy-newer.json");
+    std::fs::write(&report, serde_json::to_vec(&trivy).unwrap()).unwrap();
+    let script = work.path().join("att.py");
+    std::fs::write(&script, ORAS_COSIGN_ATT).unwrap();
+    let o = tools::command("python3")
+        .arg(&script)
+        .args([&host, "agents/scan", &image])
+        .arg(&report)
+        .arg(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "oras-py: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let v = home.json(&[
+        "registry",
+        "image",
+        "scan-results",
+        "agents/scan:1",
+        "--json",
+    ]);
+    assert_eq!(v["format"], "trivy", "{v}");
+    assert_eq!(v["report"]["source"], "cosign .att tag");
+    assert_eq!(
+        v["report"]["artifact_type"],
+        "application/vnd.dsse.envelope.v1+json"
+    );
+    assert_eq!(
+        v["predicate_type"],
+        "https://cosign.sigstore.dev/attestation/vuln/v1"
+    );
+    assert_eq!(v["created"], "2024-07-01T00:00:00Z");
+    assert_eq!(v["counts"]["high"], 1);
+    assert_eq!(v["counts"]["critical"], 0);
+    assert_eq!(v["findings"][0]["id"], "CVE-2023-4911");
 }

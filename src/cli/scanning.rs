@@ -212,7 +212,7 @@ pub async fn scan_and_attach(
             ("ref", &remote),
         ],
     );
-    let out = tokio::process::Command::new("sh")
+    let out = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(&line)
         .stdin(std::process::Stdio::null())

@@ -479,3 +479,86 @@ fn reports_attached_by_oras_py_and_cosign_style_are_read_newest_first() {
     assert_eq!(v["counts"]["critical"], 0);
     assert_eq!(v["findings"][0]["id"], "CVE-2023-4911");
 }
+
+/// Stand-ins named `trivy` and `grype` on PATH (the real ones cannot fetch their databases
+/// here): with no `scan.command`, trivy is run as `trivy image --quiet --input TAR --format
+/// sarif`, and without trivy, grype as `grype oci-dir:DIR -o sarif -q`; a scanner that fails
+/// without a report is an error naming it with the last line of its stderr.
+#[test]
+fn trivy_then_grype_on_path_run_with_their_command_lines() {
+    let srv = TestServer::start();
+    let host = srv.host();
+    let home = home_with(&host, None);
+    let bin = home.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let sarif = fixture("trivy.sarif.json");
+    let cdx = fixture("cyclonedx.json");
+    let write_tool = |name: &str, body: String| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = bin.join(name);
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_tool(
+        "trivy",
+        format!(
+            "#!/bin/sh\n[ \"$1 $2 $3\" = 'image --quiet --input' ] && [ \"$5 $6\" = '--format sarif' ] || {{ echo \"trivy: bad args: $*\" >&2; exit 2; }}\n\
+             tar -tf \"$4\" | grep -qx index.json || exit 3\ncat {}\n",
+            sarif.display()
+        ),
+    );
+    write_tool(
+        "grype",
+        format!(
+            "#!/bin/sh\ncase \"$1\" in oci-dir:*) d=${{1#oci-dir:}};; *) echo \"grype: bad source $1\" >&2; exit 2;; esac\n\
+             [ \"$2 $3 $4\" = '-o sarif -q' ] || exit 2\ntest -f \"$d/index.json\" || exit 3\ncat {}\n",
+            cdx.display()
+        ),
+    );
+    // PATH: the stand-ins, then what tar, grep and cat need.
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let push = |tag: &str| {
+        home.ok(&["tag", "agents/scan:1", &format!("agents/scan:{tag}")]);
+        let o = home
+            .cmd(&[
+                "push",
+                &format!("agents/scan:{tag}"),
+                "--security-scan",
+                "--json",
+            ])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        (o.status.success(), text(&o.stdout), text(&o.stderr))
+    };
+    let (ok, out, err) = push("t");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["security_scan"]["scanner_command"], "trivy", "{v}");
+    assert_eq!(
+        v["security_scan"]["artifact_type"],
+        "application/sarif+json"
+    );
+
+    std::fs::remove_file(bin.join("trivy")).unwrap();
+    let (ok, out, err) = push("g");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["security_scan"]["scanner_command"], "grype", "{v}");
+    assert_eq!(
+        v["security_scan"]["artifact_type"],
+        "application/vnd.cyclonedx+json"
+    );
+    assert_eq!(v["security_scan"]["counts"]["medium"], 1);
+
+    write_tool(
+        "grype",
+        "#!/bin/sh\necho 'grype: loading db' >&2\necho 'failed to load vulnerability db: no network' >&2\nexit 1\n".into(),
+    );
+    let (ok, _, err) = push("f");
+    assert!(!ok);
+    assert!(
+        err.contains("agents/scan:f was pushed (sha256:") && err.contains("but not scanned: the scanner (grype) failed with exit status: 1: failed to load vulnerability db: no network"),
+        "{err}"
+    );
+}

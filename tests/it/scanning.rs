@@ -562,3 +562,36 @@ fn trivy_then_grype_on_path_run_with_their_command_lines() {
         "{err}"
     );
 }
+
+/// The seed's two scanning lines, as written (../shared/seed/registry.md, "Vulnerability
+/// Scanning"), with the default profile pointing at the test server and the scanner
+/// stand-in as its `scan.command`.
+#[test]
+fn the_seed_scanning_lines_run_as_written() {
+    let srv = TestServer::start();
+    let home = home_with(&srv.host(), Some("trivy.sarif.json"));
+    home.ok(&["tag", "agents/scan:1", "my-agent:latest"]);
+    let out = home.ok(&["push", "my-agent:latest", "--security-scan"]);
+    assert!(out.contains("Pushed my-agent:latest"), "{out}");
+    assert!(
+        out.contains(
+            "Security scan: 1 critical, 1 high, 0 medium, 1 low, 0 unknown (Trivy 0.57.1)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("Scan report: sha256:"), "{out}");
+    let out = home.ok(&["registry", "image", "scan-results", "my-agent:latest"]);
+    assert!(out.contains("Scanner:   Trivy 0.57.1"), "{out}");
+    assert!(
+        out.contains("Findings:  3 (1 critical, 1 high, 0 medium, 1 low, 0 unknown)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CRITICAL  CVE-2023-38545        libcurl4 7.88.1-10+deb12u1  (fixed in 7.88.1-10+deb12u3)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("LOW       CVE-2011-3374         apt 2.6.1  (no fix)"),
+        "{out}"
+    );
+}

@@ -370,11 +370,20 @@ pub async fn scan_all(
     tags: &[(String, Descriptor)],
     results: &mut [Value],
 ) -> Option<anyhow::Error> {
+    // One scan per digest: tags of the same image share its report.
+    let mut done: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
     for ((tag, d), res) in tags.iter().zip(results.iter_mut()) {
+        if let Some(v) = done.get(&d.digest) {
+            res["security_scan"] = v.clone();
+            continue;
+        }
         let repo = res["repository"].as_str().unwrap_or_default().to_string();
         let local_ref = format!("{name}:{tag}");
         match scan_and_attach(target, client, store, &repo, &local_ref, d).await {
-            Ok(a) => res["security_scan"] = a.to_json(),
+            Ok(a) => {
+                res["security_scan"] = a.to_json();
+                done.insert(d.digest.clone(), a.to_json());
+            }
             Err(e) => {
                 return Some(anyhow!(
                     "{repo}:{tag} was pushed ({}) but not scanned: {e:#}",

@@ -26,7 +26,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The scanner stand-in: `scanner.sh IMAGE_TAR LAYOUT_DIR FORMAT FIXTURE`.
+/// The scanner stand-in: `scanner.sh IMAGE_TAR LAYOUT_DIR FORMAT FIXTURE`; each run is
+/// logged to `scans.log` next to it.
 const SCANNER: &str = r#"#!/bin/sh
 set -e
 tar -tf "$1" | grep -qx 'index.json' || { echo "scanner: $1 is not an OCI archive" >&2; exit 3; }
@@ -34,6 +35,7 @@ tar -tf "$1" | grep -qx 'oci-layout' || { echo "scanner: $1 has no oci-layout" >
 test -f "$2/oci-layout" && test -f "$2/index.json" || { echo "scanner: $2 is not an OCI layout" >&2; exit 3; }
 test "$(ls "$2/blobs/sha256" | wc -l)" -ge 3 || { echo "scanner: $2 lacks the image's blobs" >&2; exit 3; }
 test "$3" = sarif || { echo "scanner: asked for $3" >&2; exit 4; }
+echo "$1" >> "$(dirname "$0")/scans.log"
 cat "$4"
 "#;
 
@@ -594,4 +596,30 @@ fn the_seed_scanning_lines_run_as_written() {
         out.contains("LOW       CVE-2011-3374         apt 2.6.1  (no fix)"),
         "{out}"
     );
+}
+
+/// `--all-tags` with two tags of one image: one scan, one report on the digest, both tags
+/// showing it.
+#[test]
+fn all_tags_of_one_image_are_scanned_once() {
+    let srv = TestServer::start();
+    let host = srv.host();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let home = home_with(&host, Some("trivy.json"));
+    home.ok(&["tag", "agents/scan:1", "agents/scan:stable"]);
+    let image = digest_of(&home, "agents/scan:1");
+    let v = home.json(&[
+        "push",
+        "agents/scan",
+        "--all-tags",
+        "--security-scan",
+        "--json",
+    ]);
+    let list = v.as_array().expect("one entry per tag");
+    assert_eq!(list.len(), 2, "{v}");
+    assert_eq!(list[0]["security_scan"], list[1]["security_scan"], "{v}");
+    let idx = get(&rt, &host, &format!("/v2/agents/scan/referrers/{image}"));
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 1, "{idx}");
+    let runs = std::fs::read_to_string(home.dir.path().join("scans.log")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "scanner runs: {runs}");
 }

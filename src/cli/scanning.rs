@@ -369,6 +369,7 @@ pub async fn scan_all(
     name: &str,
     tags: &[(String, Descriptor)],
     results: &mut [Value],
+    quiet: bool,
 ) -> Option<anyhow::Error> {
     // One scan per digest: tags of the same image share its report.
     let mut done: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
@@ -379,6 +380,9 @@ pub async fn scan_all(
         }
         let repo = res["repository"].as_str().unwrap_or_default().to_string();
         let local_ref = format!("{name}:{tag}");
+        if !quiet {
+            eprintln!("scanning {repo}:{tag} ({})", d.digest);
+        }
         match scan_and_attach(target, client, store, &repo, &local_ref, d).await {
             Ok(a) => {
                 res["security_scan"] = a.to_json();

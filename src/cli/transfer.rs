@@ -657,8 +657,16 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
     }
     let mut scan_failed = None;
     if a.security_scan {
-        scan_failed =
-            super::scanning::scan_all(target, &client, &store, name, &tags, &mut results).await;
+        scan_failed = super::scanning::scan_all(
+            target,
+            &client,
+            &store,
+            name,
+            &tags,
+            &mut results,
+            a.quiet || a.json,
+        )
+        .await;
     }
     if a.json {
         let v = match results.len() {

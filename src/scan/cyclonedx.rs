@@ -1,5 +1,6 @@
 //! CycloneDX 1.4-1.6 JSON with a `vulnerabilities` array (`trivy --format cyclonedx
-//! --scanners vuln`, `grype -o cyclonedx-json`).
+//! --scanners vuln`, `grype -o cyclonedx-json`). A document without one is an SBOM and is
+//! refused: it says nothing about vulnerabilities, so it must not read as a clean scan.
 //!
 //! Each vulnerability names the components it affects through `affects[].ref` (a
 //! `bom-ref` of `metadata.component` or of `components`, nested ones included): one
@@ -14,6 +15,13 @@ use serde_json::Value;
 use std::collections::HashMap;
 
 pub fn parse(v: &Value) -> Result<Summary, ReportError> {
+    // An SBOM (syft, `trivy --format cyclonedx` without vulnerability scanning) has no
+    // `vulnerabilities`: it says nothing about them, so it must not read as a clean scan.
+    if !v["vulnerabilities"].is_array() {
+        return Err(ReportError(
+            "CycloneDX document without a vulnerabilities array: an SBOM, not a vulnerability report".into(),
+        ));
+    }
     let mut components: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
     collect(&v["metadata"]["component"], &mut components);
     for c in v["components"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
@@ -219,6 +227,16 @@ mod tests {
             Some("3.0.14"),
             "from the recommendation"
         );
+    }
+
+    #[test]
+    fn an_sbom_is_not_a_clean_report() {
+        let sbom = json!({"bomFormat": "CycloneDX", "specVersion": "1.5",
+            "components": [{"bom-ref": "a", "name": "openssl", "version": "3.0.11"}]});
+        let e = parse(&sbom).unwrap_err().to_string();
+        assert!(e.contains("an SBOM, not a vulnerability report"), "{e}");
+        let clean = json!({"bomFormat": "CycloneDX", "specVersion": "1.5", "vulnerabilities": []});
+        assert_eq!(parse(&clean).unwrap().counts.total(), 0);
     }
 
     #[test]

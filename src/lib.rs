@@ -11,7 +11,8 @@
 //! - `app`: `App`, the shared state
 //! - services: `mirror` (routing, policy, revalidation), `cache` (tiers, fills),
 //!   `storage` (content-addressed blobs, SQLite metadata), `auth`, `upstream` (the
-//!   outbound client), `limits` (rate limits), `client` (the agent's local image store)
+//!   outbound client), `limits` (rate limits), `client` (the agent's local image store),
+//!   `scan` (vulnerability reports in SARIF, CycloneDX, Trivy JSON read into one summary)
 //! - foundations: `oci` (pure types and parsers), `config`, `error`, `metrics` (every
 //!   metric name, once), `web` (bodies, response builders, ranges, routes, query
 //!   strings), `io` (file reads, sendfile), `logging` and `logring` (the log writer, the
@@ -34,6 +35,7 @@ pub mod logring;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod scan;
 pub mod server;
 pub mod storage;
 pub mod upstream;

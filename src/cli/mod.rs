@@ -6,6 +6,7 @@ pub mod http;
 pub mod images;
 pub mod monitor;
 pub mod profile;
+pub mod scanning;
 pub mod server_admin;
 pub mod transfer;
 
@@ -187,6 +188,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                         },
                 },
         } => transfer::info(&target, &image, platform.as_deref(), json, out).await,
+        Command::Registry {
+            command:
+                RegistryCommand::Image {
+                    command: transfer::RemoteImageCommand::ScanResults { image, json },
+                },
+        } => scanning::scan_results(&target, &image, json, out).await,
         Command::Registry { command } => {
             let client = target.client()?;
             match command {

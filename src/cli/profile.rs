@@ -14,7 +14,11 @@
 //!   development:
 //!     url: "https://dev.registry.com"
 //!     auth: { type: username, username: "${DEV_USERNAME}", password: "${DEV_PASSWORD}" }
+//!     scan: { command: "trivy image --quiet --input {image} --format {format}" }
 //! ```
+//!
+//! `scan.command` is the scanner `agent push --security-scan` runs (see
+//! [`super::scanning`] for its placeholders).
 //!
 //! Precedence, first wins. URL: `--registry`, the profile named by `--profile`,
 //! `AGENT_REGISTRY_URL`, the profile `default`, `http://localhost:5000`. Credentials
@@ -64,6 +68,8 @@ pub struct Profile {
     pub insecure: bool,
     pub auth: Option<ProfileAuth>,
     pub prometheus_url: Option<String>,
+    /// `scan.command`: the vulnerability scanner of `agent push --security-scan`.
+    pub scan_command: Option<String>,
 }
 
 /// The parsed config file; a profile's `${VAR}`s are expanded when it is used.
@@ -164,6 +170,7 @@ impl ConfigFile {
             insecure: false,
             auth: None,
             prometheus_url: None,
+            scan_command: None,
         };
         for (k, v) in map {
             let k = k.as_str().unwrap_or("?");
@@ -184,16 +191,41 @@ impl ConfigFile {
                 }
                 "prometheus_url" => p.prometheus_url = Some(string(&key, v)?),
                 "auth" => p.auth = auth(&key, v, &string, &err)?,
+                "scan" => p.scan_command = scan_command(&key, v, &string, &err)?,
                 _ => {
                     return Err(err(
                         &key,
-                        "unknown key (expected url, auth, insecure, prometheus_url)",
+                        "unknown key (expected url, auth, insecure, prometheus_url, scan)",
                     ))
                 }
             }
         }
         Ok(p)
     }
+}
+
+/// `scan: { command: "..." }`.
+fn scan_command(
+    at: &str,
+    v: &Value,
+    string: &dyn Fn(&str, &Value) -> anyhow::Result<String>,
+    err: &dyn Fn(&str, &str) -> anyhow::Error,
+) -> anyhow::Result<Option<String>> {
+    let map = match v {
+        Value::Null => return Ok(None),
+        Value::Mapping(m) => m,
+        _ => return Err(err(at, "expected a map with command")),
+    };
+    let mut command = None;
+    for (k, v) in map {
+        let k = k.as_str().unwrap_or("?");
+        let key = format!("{at}.{k}");
+        match k {
+            "command" => command = Some(string(&key, v)?).filter(|c| !c.trim().is_empty()),
+            _ => return Err(err(&key, "unknown key (expected command)")),
+        }
+    }
+    Ok(command)
 }
 
 fn auth(
@@ -496,6 +528,34 @@ mod tests {
         );
         let e = select_with(Some("nope"), None, None, Some(&f)).unwrap_err();
         assert!(e.to_string().contains("no profile \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn scan_command_is_read_and_checked() {
+        let f = ConfigFile::parse(
+            Path::new("/c.yaml"),
+            "registries:\n  default:\n    scan: {command: 'trivy image --input {image} --format {format}'}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.profile("default")
+                .unwrap()
+                .unwrap()
+                .scan_command
+                .as_deref(),
+            Some("trivy image --input {image} --format {format}")
+        );
+        let e = ConfigFile::parse(
+            Path::new("/c.yaml"),
+            "registries:\n  p:\n    scan: {cmd: x}\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert_eq!(
+            e,
+            "/c.yaml: registries.p.scan.cmd: unknown key (expected command)"
+        );
     }
 
     #[test]

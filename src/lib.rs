@@ -13,7 +13,8 @@
 //!   `storage` (content-addressed blobs, SQLite metadata), `auth`, `upstream` (the
 //!   outbound client), `limits` (rate limits), `client` (the agent's local image store),
 //!   `sign` (image signatures in cosign's format: payload, ECDSA P-256, keys, the `.sig`
-//!   manifest; pure format code over `oci`)
+//!   manifest; pure format code over `oci`),
+//!   `scan` (vulnerability reports in SARIF, CycloneDX, Trivy JSON read into one summary)
 //! - foundations: `oci` (pure types and parsers), `config`, `error`, `metrics` (every
 //!   metric name, once), `web` (bodies, response builders, ranges, routes, query
 //!   strings), `io` (file reads, sendfile), `logging` and `logring` (the log writer, the
@@ -36,6 +37,7 @@ pub mod logring;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod scan;
 pub mod server;
 pub mod sign;
 pub mod storage;

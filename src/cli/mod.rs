@@ -6,6 +6,7 @@ pub mod http;
 pub mod images;
 pub mod monitor;
 pub mod profile;
+pub mod scanning;
 pub mod server_admin;
 pub mod signing;
 pub mod transfer;
@@ -199,6 +200,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                     command: transfer::RemoteImageCommand::Signatures { image, keys, json },
                 },
         } => transfer::signatures(&target, &image, &keys, json, out).await,
+        Command::Registry {
+            command:
+                RegistryCommand::Image {
+                    command: transfer::RemoteImageCommand::ScanResults { image, json },
+                },
+        } => scanning::scan_results(&target, &image, json, out).await,
         Command::Registry { command } => {
             let client = target.client()?;
             match command {

@@ -17,9 +17,12 @@
 //!     signing:                        # agent push --sign / agent pull --verify-signature
 //!       key: "${HOME}/keys/cosign.key"      # default for --sign's --key
 //!       public_keys: [keys/cosign.pub]      # default for --verify-signature's --key
+//!     scan: { command: "trivy image --quiet --input {image} --format {format}" }
 //! ```
 //!
 //! Relative `signing` paths are relative to the directory of config.yaml.
+//! `scan.command` is the scanner `agent push --security-scan` runs (see
+//! [`super::scanning`] for its placeholders).
 //!
 //! Precedence, first wins. URL: `--registry`, the profile named by `--profile`,
 //! `AGENT_REGISTRY_URL`, the profile `default`, `http://localhost:5000`. Credentials
@@ -69,6 +72,8 @@ pub struct Profile {
     pub insecure: bool,
     pub auth: Option<ProfileAuth>,
     pub prometheus_url: Option<String>,
+    /// `scan.command`: the vulnerability scanner of `agent push --security-scan`.
+    pub scan_command: Option<String>,
     pub signing: Signing,
 }
 
@@ -181,6 +186,7 @@ impl ConfigFile {
             auth: None,
             prometheus_url: None,
             signing: Signing::default(),
+            scan_command: None,
         };
         for (k, v) in map {
             let k = k.as_str().unwrap_or("?");
@@ -202,10 +208,11 @@ impl ConfigFile {
                 "prometheus_url" => p.prometheus_url = Some(string(&key, v)?),
                 "auth" => p.auth = auth(&key, v, &string, &err)?,
                 "signing" => p.signing = signing(&key, v, &self.path, &string, &err)?,
+                "scan" => p.scan_command = scan_command(&key, v, &string, &err)?,
                 _ => {
                     return Err(err(
                         &key,
-                        "unknown key (expected url, auth, insecure, prometheus_url, signing)",
+                        "unknown key (expected url, auth, insecure, prometheus_url, scan, signing)",
                     ))
                 }
             }
@@ -253,6 +260,30 @@ fn signing(
         }
     }
     Ok(out)
+}
+
+/// `scan: { command: "..." }`.
+fn scan_command(
+    at: &str,
+    v: &Value,
+    string: &dyn Fn(&str, &Value) -> anyhow::Result<String>,
+    err: &dyn Fn(&str, &str) -> anyhow::Error,
+) -> anyhow::Result<Option<String>> {
+    let map = match v {
+        Value::Null => return Ok(None),
+        Value::Mapping(m) => m,
+        _ => return Err(err(at, "expected a map with command")),
+    };
+    let mut command = None;
+    for (k, v) in map {
+        let k = k.as_str().unwrap_or("?");
+        let key = format!("{at}.{k}");
+        match k {
+            "command" => command = Some(string(&key, v)?).filter(|c| !c.trim().is_empty()),
+            _ => return Err(err(&key, "unknown key (expected command)")),
+        }
+    }
+    Ok(command)
 }
 
 fn auth(
@@ -577,6 +608,34 @@ mod tests {
             .starts_with("/h/config.yaml: registries.p.signing.public_keys: expected a list"),);
         assert!(e("registries:\n  p:\n    signing: {keys: [a]}\n")
             .starts_with("/h/config.yaml: registries.p.signing.keys: unknown key"));
+    }
+
+    #[test]
+    fn scan_command_is_read_and_checked() {
+        let f = ConfigFile::parse(
+            Path::new("/c.yaml"),
+            "registries:\n  default:\n    scan: {command: 'trivy image --input {image} --format {format}'}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.profile("default")
+                .unwrap()
+                .unwrap()
+                .scan_command
+                .as_deref(),
+            Some("trivy image --input {image} --format {format}")
+        );
+        let e = ConfigFile::parse(
+            Path::new("/c.yaml"),
+            "registries:\n  p:\n    scan: {cmd: x}\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert_eq!(
+            e,
+            "/c.yaml: registries.p.scan.cmd: unknown key (expected command)"
+        );
     }
 
     #[test]

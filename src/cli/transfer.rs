@@ -64,6 +64,10 @@ pub struct PushArgs {
     /// The private key --sign uses (PEM: PKCS#8, encrypted PKCS#8 or cosign's cosign.key).
     #[arg(long, requires = "sign", value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
+    /// Scan the pushed image (profile's scan.command, else trivy, else grype) and attach
+    /// the report to it as a referrer.
+    #[arg(long)]
+    pub security_scan: bool,
 }
 
 #[derive(Args)]
@@ -109,6 +113,14 @@ pub enum RemoteImageCommand {
         /// Public keys (PEM) to verify with; default: the profile's signing.public_keys.
         #[arg(long = "key", value_name = "FILE")]
         keys: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest vulnerability report attached to an image (`agent push --security-scan`,
+    /// `oras attach`, `cosign attest`): counts by severity, the highest findings, the scanner.
+    ScanResults {
+        /// NAME[:TAG] or NAME@DIGEST.
+        image: String,
         #[arg(long)]
         json: bool,
     },
@@ -171,7 +183,7 @@ fn target_for(target: &Target, r: &RemoteRef) -> Target {
 }
 
 /// The client for the registry a reference names.
-fn client_for(target: &Target, r: &RemoteRef) -> anyhow::Result<Arc<Client>> {
+pub(super) fn client_for(target: &Target, r: &RemoteRef) -> anyhow::Result<Arc<Client>> {
     Ok(Arc::new(target_for(target, r).client()?))
 }
 
@@ -710,13 +722,26 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
         let mut sink = Vec::new();
         super::admin::visibility(&client, &r.repo, Some(v), &mut sink).await?;
     }
+    let mut scan_failed = None;
+    if a.security_scan {
+        scan_failed = super::scanning::scan_all(
+            target,
+            &client,
+            &store,
+            name,
+            &tags,
+            &mut results,
+            a.quiet || a.json,
+        )
+        .await;
+    }
     if a.json {
         let v = match results.len() {
             1 => results.remove(0),
             _ => Value::Array(results),
         };
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-        return Ok(());
+        return scan_failed.map_or(Ok(()), Err);
     }
     for v in &results {
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
@@ -738,11 +763,12 @@ pub async fn push(target: &Target, a: PushArgs, out: &mut dyn Write) -> anyhow::
                 s("signing_key")
             )?;
         }
+        super::scanning::print_scan(&v["security_scan"], out)?;
     }
     if let (Some(v), false) = (&a.visibility, a.quiet) {
         writeln!(out, "Visibility: {v}")?;
     }
-    Ok(())
+    scan_failed.map_or(Ok(()), Err)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -776,7 +802,7 @@ fn platform_str(p: &Value) -> String {
 }
 
 /// The child of an index for `platform` (default: the host's, else the first).
-fn pick_platform<'a>(
+pub(super) fn pick_platform<'a>(
     children: &'a [Descriptor],
     platform: Option<&str>,
     what: &str,
@@ -817,7 +843,7 @@ fn pick_platform<'a>(
 }
 
 /// GETs a manifest, verified against its digest. Returns its bytes, media type and digest.
-async fn get_manifest(
+pub(super) async fn get_manifest(
     client: &Client,
     repo: &str,
     reference: &str,
@@ -871,7 +897,7 @@ async fn get_manifest(
     Ok((r.body, media, digest))
 }
 
-fn index_like(media: &str, v: &Value) -> bool {
+pub(super) fn index_like(media: &str, v: &Value) -> bool {
     media == OCI_INDEX
         || media == DOCKER_LIST
         || (v.get("config").is_none() && v["manifests"].is_array())
@@ -1250,7 +1276,7 @@ async fn get_blob_json(client: &Client, repo: &str, d: &str) -> anyhow::Result<V
     serde_json::from_slice(&r.body).map_err(|e| anyhow!("blob {d} is not JSON: {e}"))
 }
 
-async fn referrers(client: &Client, repo: &str, d: &str) -> anyhow::Result<Vec<Value>> {
+pub(super) async fn referrers(client: &Client, repo: &str, d: &str) -> anyhow::Result<Vec<Value>> {
     let r = client.get(&format!("/v2/{repo}/referrers/{d}")).await?;
     if r.status == StatusCode::NOT_FOUND {
         return Ok(Vec::new());

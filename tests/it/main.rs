@@ -27,6 +27,7 @@ mod mirror_faults;
 mod profiles;
 mod pushpull;
 mod registry_cli;
+mod scanning;
 mod search;
 mod seed;
 mod sendfile;

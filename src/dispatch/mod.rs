@@ -190,6 +190,8 @@ where
     resp.map(|b| AccessLogged::wrap(b, done))
 }
 
+/// Authenticate, rate-limit, resolve the name (hosted or which upstream), authorize the
+/// action, and call the handler: hosted ([`hosted`]) or mirrored ([`proxied`]).
 async fn dispatch(
     app: &Arc<App>,
     route: Route<'_>,

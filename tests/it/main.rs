@@ -10,6 +10,7 @@ mod cache_restart;
 mod cli;
 mod conformance;
 mod crash;
+mod edge;
 mod files;
 mod fill_faults;
 mod garbage;

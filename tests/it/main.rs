@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod preheat;
 mod profiles;
 mod pushpull;
 mod registry_cli;

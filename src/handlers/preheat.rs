@@ -178,6 +178,13 @@ async fn fill_image(
     platform: &Platform,
     report: &mut Report,
 ) -> Result<()> {
+    if !app.config.cache.effective().layers {
+        return Err(Error::client(
+            StatusCode::CONFLICT,
+            ErrorCode::Unsupported,
+            "this registry does not cache layers (cache strategies): nothing to preheat",
+        ));
+    }
     let (name, reference) = split_image(image).map_err(bad)?;
     let repo = RepoName::parse(name)
         .map_err(|e| Error::bad_request(ErrorCode::NameInvalid, e.to_string()))?;
@@ -323,7 +330,9 @@ async fn fill_blob(app: &Arc<App>, p: &Proxy, d: &Digest) -> Result<u64> {
 /// nor in flight, each holding one of the mirror's prefetch permits while it runs.
 pub fn prefetch_layers(app: &Arc<App>, p: &Proxy, mt: &str, bytes: &[u8]) {
     let mirror = app.mirror();
-    if !mirror.prefetch_layers || manifest::is_index(mt) {
+    // Nothing to warm when layers are not kept (or cannot be written now).
+    let keeps = app.config.cache.effective().layers && app.cache.write.writable();
+    if !mirror.prefetch_layers || !keeps || manifest::is_index(mt) {
         return;
     }
     let Ok(info) = manifest::parse(bytes, mt) else {

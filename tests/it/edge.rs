@@ -182,3 +182,34 @@ async fn with_parent_fallback_a_stopped_parent_sends_requests_to_the_origin() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parent_gets_its_own_credentials_and_the_origin_nothing() {
+    // Any registry serving the same paths can be the parent; this one wants Basic auth.
+    let parent = FakeUpstream::start();
+    parent.set(|s| {
+        s.auth = crate::support::fake_upstream::AuthMode::Basic("edge".into(), "pw".into())
+    });
+    let origin = FakeUpstream::start();
+    let layer = parent.add_blob("library/app", random(20_000, 9));
+    let url = origin.url();
+    let parent_url = parent.url();
+    let edge = TestServer::start_with(move |cfg| {
+        default_upstream(cfg, &url);
+        cfg.mirror.parent = Some(ParentConfig {
+            url: parent_url,
+            username: Some("edge".into()),
+            password: Some(agent_registry::config::Secret::new("pw")),
+            ca_file: None,
+            fallback: false,
+        });
+    });
+    let r = Http::new(&edge.host())
+        .get(&format!("/v2/app/blobs/{layer}"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(Digest::sha256_of(&r.body).to_string(), layer);
+    // The 401 challenge and the retry with the credentials.
+    assert_eq!(parent.blob_gets(&layer), 2);
+    assert_eq!(origin.total_hits(), 0);
+}

@@ -130,6 +130,9 @@ impl App {
         if new.cache != old.cache {
             restart.push("cache");
         }
+        if new.preheat != old.preheat {
+            restart.push("preheat");
+        }
         if new.tls.enabled != old.tls.enabled || new.tls.client_ca_file != old.tls.client_ca_file {
             restart.push("tls");
         }

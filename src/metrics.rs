@@ -49,6 +49,9 @@ pub const AUTH_FAILURES_TOTAL: &str = "agent_registry_auth_failures_total";
 pub const AUTH_DENIED_TOTAL: &str = "agent_registry_auth_denied_total";
 pub const TOKENS_ISSUED_TOTAL: &str = "agent_registry_tokens_issued_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "agent_registry_access_log_dropped_total";
+pub const PARENT_FALLBACKS_TOTAL: &str = "agent_registry_parent_fallbacks_total";
+pub const PREHEAT_BLOBS_TOTAL: &str = "agent_registry_preheat_blobs_total";
+pub const PREFETCH_FILLS_TOTAL: &str = "agent_registry_prefetch_fills_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -151,6 +154,12 @@ pub const ALL: &[Def] = &[
         "Bearer tokens issued by /token"),
     def(ACCESS_LOG_DROPPED_TOTAL, C, Unit::Count, &[],
         "Access/audit records dropped because the log writer fell behind"),
+    def(PARENT_FALLBACKS_TOTAL, C, Unit::Count, &["upstream"],
+        "Requests sent to the origin upstream because the parent mirror was unreachable (mirror.parent_fallback)"),
+    def(PREHEAT_BLOBS_TOTAL, C, Unit::Count, &[],
+        "Blobs a preheat made sure are cached (admin API, CLI or [[preheat]]), filled or already held"),
+    def(PREFETCH_FILLS_TOTAL, C, Unit::Count, &["outcome"],
+        "Layer prefetches after a manifest miss (mirror.prefetch_layers): done, failed, or skipped (held or in flight already)"),
 ];
 
 /// Histogram buckets for latencies: 0.5 ms to 30 s.
@@ -208,6 +217,7 @@ fn describe() {
         PULL_OPERATIONS_TOTAL,
         RATE_LIMITED_TOTAL,
         AUTH_FAILURES_TOTAL,
+        PREHEAT_BLOBS_TOTAL,
     ] {
         counter!(name).increment(0);
     }
@@ -447,6 +457,21 @@ pub fn fill_finished(failure: Option<&'static str>) {
     if let Some(reason) = failure {
         counter!(FILL_FAILURES_TOTAL, "reason" => reason).increment(1);
     }
+}
+
+/// A request went to the origin because `upstream`'s parent mirror was unreachable.
+pub fn parent_fallback(upstream: &str) {
+    counter!(PARENT_FALLBACKS_TOTAL, "upstream" => upstream.to_string()).increment(1);
+}
+
+/// A preheat made sure a blob is cached.
+pub fn preheat_blob() {
+    counter!(PREHEAT_BLOBS_TOTAL).increment(1);
+}
+
+/// A layer prefetch ended: `done`, `failed` or `skipped`.
+pub fn prefetch_fill(outcome: &'static str) {
+    counter!(PREFETCH_FILLS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// A request joined a fill in progress.

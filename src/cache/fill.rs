@@ -827,6 +827,21 @@ impl Fill {
         }
     }
 
+    /// Waits until the fill's task ended (its blob committed and the fill out of the
+    /// table, so a new reader finds the cached blob): its outcome.
+    pub async fn finished(&self) -> Result<(), FillError> {
+        let mut rx = self.progress.clone();
+        // The task drops the only sender last, after the commit and the table removal.
+        while rx.changed().await.is_ok() {}
+        let outcome = rx.borrow().outcome.clone();
+        outcome.unwrap_or_else(|| {
+            Err(FillError::new(
+                FillErrorKind::Internal,
+                "fill ended without an outcome",
+            ))
+        })
+    }
+
     /// Waits until the source answered; returns the total length if known.
     pub async fn started(&self) -> Result<Option<u64>, FillError> {
         let mut rx = self.progress.clone();

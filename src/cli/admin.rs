@@ -1,4 +1,4 @@
-//! `agent registry auth|permission|visibility|access-logs|audit|config`: the admin API.
+//! `agent registry auth|permission|visibility|access-logs|audit|config|preheat`: the admin API.
 
 use super::http::{Client, Reply};
 use anyhow::{anyhow, bail};
@@ -448,5 +448,53 @@ pub async fn config_show(c: &Client, out: &mut dyn Write) -> anyhow::Result<()> 
         ok_json(c, &r, "config show")?;
     }
     write!(out, "{}", String::from_utf8_lossy(&r.body))?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PreheatArgs {
+    /// Images, e.g. docker.io/library/alpine:3.20 (a name the registry mirrors).
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// The children of a multi-platform image to fill: all, or OS/ARCH[/VARIANT].
+    #[arg(long, default_value = "all")]
+    platform: String,
+    /// Print the registry's JSON report per image instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `agent registry preheat`: one `POST /admin/preheat` per image, a line per result.
+pub async fn preheat(c: &Client, a: PreheatArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (total, mut failed) = (a.images.len(), 0);
+    for (i, image) in a.images.iter().enumerate() {
+        eprintln!("preheating {image} ({}/{total})", i + 1);
+        let b = json!({ "images": [image], "platform": a.platform });
+        let r = c.request(Method::POST, "/admin/preheat", body(&b)).await?;
+        let v = ok_json(c, &r, "preheat")?;
+        let report = &v["images"][0];
+        let error = report["error"].as_str();
+        if error.is_some() {
+            failed += 1;
+        }
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(report)?)?;
+            continue;
+        }
+        let n = |k: &str| report[k].as_u64().unwrap_or(0);
+        match error {
+            Some(e) => writeln!(out, "{image}: failed: {e}")?,
+            None => writeln!(
+                out,
+                "{image}: {} manifests, {} blobs, {}",
+                n("manifests"),
+                n("blobs"),
+                crate::config::format_size(n("bytes"))
+            )?,
+        }
+    }
+    if failed > 0 {
+        bail!("preheat failed for {failed} of {total} images");
+    }
     Ok(())
 }

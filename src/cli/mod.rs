@@ -165,6 +165,9 @@ pub enum RegistryCommand {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Fill mirrored images into the registry's cache: every manifest and blob (admin).
+    /// Prints one line per image as it is done; exit status 1 if any failed.
+    Preheat(admin::PreheatArgs),
 }
 
 #[derive(Subcommand)]
@@ -206,6 +209,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                     command: transfer::RemoteImageCommand::ScanResults { image, json },
                 },
         } => scanning::scan_results(&target, &image, json, out).await,
+        Command::Registry {
+            command: RegistryCommand::Preheat(args),
+        } => {
+            // One image may take long: each request gets at least an hour.
+            let timeout = target.timeout.max(std::time::Duration::from_secs(3600));
+            let client = http::Client::for_endpoint(&target.endpoint()?, timeout, target.retry())?;
+            admin::preheat(&client, args, out).await
+        }
         Command::Registry { command } => {
             let client = target.client()?;
             match command {
@@ -227,8 +238,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 RegistryCommand::AccessLogs(args) => {
                     admin::logs(&client, "access-logs", args, out).await
                 }
-                RegistryCommand::Image { .. } => {
-                    bail!("internal error: image commands are routed above")
+                RegistryCommand::Image { .. } | RegistryCommand::Preheat(_) => {
+                    bail!("internal error: image commands and preheat are routed above")
                 }
                 RegistryCommand::Audit(args) => admin::logs(&client, "audit", args, out).await,
                 RegistryCommand::Config {

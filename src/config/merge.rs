@@ -15,9 +15,9 @@ pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// get no derived environment overrides: `upstreams."docker.io"` has no variable name.
 pub(super) const NAMED_SECTIONS: [&str; 1] = ["upstreams"];
 
-/// Keys whose value is an array of tables (`[[auth.users]]`); their default is empty and
-/// the typed section checks each table's keys.
-const TABLE_ARRAYS: [&str; 2] = ["auth.users", "auth.rules"];
+/// Keys whose value is an array of tables (`[[auth.users]]`, the top-level
+/// `[[preheat]]`); their default is empty and the typed section checks each table's keys.
+const TABLE_ARRAYS: [&str; 3] = ["auth.users", "auth.rules", "preheat"];
 
 /// Where each dotted key's value came from; keys not listed come from the embedded default.
 #[derive(Default)]

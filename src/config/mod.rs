@@ -20,6 +20,7 @@ mod cache;
 mod checks;
 mod limits;
 mod merge;
+mod preheat;
 mod tls;
 mod units;
 mod upstream;
@@ -41,9 +42,10 @@ pub use base::{ConfigError, Secret};
 pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
+pub use preheat::{Platform, PreheatConfig};
 pub use tls::{TlsConfig, TlsFileError};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
-pub use upstream::{MirrorConfig, RateLimitScope, UpstreamConfig};
+pub use upstream::{MirrorConfig, ParentConfig, RateLimitScope, UpstreamConfig};
 use upstream::{RawMirror, ShownUpstream};
 
 /// The default config with every key documented; compiled in.
@@ -67,6 +69,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[[preheat]]`: image lists kept warm.
+    pub preheat: Vec<PreheatConfig>,
     /// `"embedded default"` or the path of the file it was loaded from.
     pub origin: String,
 }
@@ -161,6 +165,7 @@ struct RawConfig {
     auth: auth::RawAuth,
     cache: cache::RawCache,
     upstreams: BTreeMap<String, ShownUpstream>,
+    preheat: Vec<preheat::RawPreheat>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -272,6 +277,9 @@ impl Config {
             hosted_prefixes: vec!["agents/".into()],
             route_by_host: false,
             hosted_on_push: true,
+            parent: None,
+            prefetch_layers: false,
+            prefetch_concurrency: 4,
         };
         let mut docker = UpstreamConfig::new("docker.io", "https://registry-1.docker.io");
         let aliases = ["docker", "hub", "registry-1.docker.io", "index.docker.io"];
@@ -296,6 +304,7 @@ impl Config {
             auth: AuthConfig::default(),
             cache: CacheConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
+            preheat: Vec::new(),
             origin: EMBEDDED.into(),
         }
     }
@@ -335,6 +344,7 @@ impl Config {
             auth: auth::show_auth(&self.auth),
             cache: cache::show_cache(&self.cache),
             upstreams: upstream::show_upstreams(&self.upstreams),
+            preheat: preheat::show_preheat(&self.preheat),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         // Values hold no `${VAR}` any more: escape so reading it back does not expand again.
@@ -408,6 +418,7 @@ impl Config {
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
         let (upstreams, _disabled) = upstreams;
+        let preheat = preheat::build_preheat(&mut table, o)?;
         Ok(Config {
             server,
             tls,
@@ -418,6 +429,7 @@ impl Config {
             auth,
             cache,
             upstreams,
+            preheat,
             origin: origin.to_string(),
         })
     }

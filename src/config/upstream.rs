@@ -30,6 +30,46 @@ pub struct MirrorConfig {
     /// A push to a plain name creates a hosted repository, which from then on shadows the
     /// default upstream for that name (false: such pushes are refused with UNSUPPORTED).
     pub hosted_on_push: bool,
+    /// `mirror.parent`: every upstream request goes to this mirror instead, with
+    /// `?ns=<upstream name>`.
+    pub parent: Option<ParentConfig>,
+    /// `mirror.prefetch_layers`: a manifest fetched from the upstream starts the fills of
+    /// its config and layers in the background.
+    pub prefetch_layers: bool,
+    /// At most this many prefetch fills run at once.
+    pub prefetch_concurrency: usize,
+}
+
+/// A parent mirror (`mirror.parent*`): an edge site's regional instance of this project
+/// (or any mirror honouring containerd's `ns=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentConfig {
+    /// `scheme://host[:port]`, no trailing slash.
+    pub url: String,
+    /// Set together with `password`.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra PEM CA bundle trusted for the parent.
+    pub ca_file: Option<PathBuf>,
+    /// When the parent is unreachable (connect error, timeout, 5xx; not a 4xx), ask the
+    /// origin upstream itself.
+    pub fallback: bool,
+}
+
+impl ParentConfig {
+    /// The parent as an upstream of its own (own connections, health and token flow),
+    /// with the per-upstream defaults.
+    pub fn upstream(&self) -> UpstreamConfig {
+        let authority = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, a)| a);
+        let mut u = UpstreamConfig::new(&format!("parent {authority}"), &self.url);
+        u.username = self.username.clone();
+        u.password = self.password.clone();
+        u.ca_file = self.ca_file.clone();
+        u
+    }
 }
 
 /// How far an upstream's 429 reaches (`rate_limit_scope`): every request to that
@@ -240,6 +280,13 @@ pub(super) struct RawMirror {
     hosted_prefixes: Vec<String>,
     route_by_host: bool,
     hosted_on_push: bool,
+    parent: String,
+    parent_username: String,
+    parent_password: String,
+    parent_ca_file: String,
+    parent_fallback: bool,
+    prefetch_layers: bool,
+    prefetch_concurrency: i64,
 }
 
 /// One `[upstreams."<host>"]` table; keys missing from the file come from [`template`].
@@ -339,6 +386,25 @@ pub(super) fn show_mirror(m: &MirrorConfig) -> RawMirror {
         hosted_prefixes: m.hosted_prefixes.clone(),
         route_by_host: m.route_by_host,
         hosted_on_push: m.hosted_on_push,
+        parent: m.parent.as_ref().map(|p| p.url.clone()).unwrap_or_default(),
+        parent_username: m
+            .parent
+            .as_ref()
+            .and_then(|p| p.username.clone())
+            .unwrap_or_default(),
+        parent_password: match m.parent.as_ref().and_then(|p| p.password.as_ref()) {
+            Some(_) => REDACTED.to_string(),
+            None => String::new(),
+        },
+        parent_ca_file: m
+            .parent
+            .as_ref()
+            .and_then(|p| p.ca_file.as_ref())
+            .map(|p| p.to_string_lossy().into())
+            .unwrap_or_default(),
+        parent_fallback: m.parent.as_ref().is_some_and(|p| p.fallback),
+        prefetch_layers: m.prefetch_layers,
+        prefetch_concurrency: i64::try_from(m.prefetch_concurrency).unwrap_or(i64::MAX),
     }
 }
 
@@ -506,10 +572,60 @@ pub(super) fn build_mirror(
             problem.map_or(Ok(()), Err),
         )?;
     }
+    let parent = build_parent(&raw, o)?;
+    let concurrency = usize::try_from(raw.prefetch_concurrency)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("must be at least 1, found {}", raw.prefetch_concurrency));
     Ok(MirrorConfig {
         default_upstream,
         hosted_prefixes: raw.hosted_prefixes,
         route_by_host: raw.route_by_host,
         hosted_on_push: raw.hosted_on_push,
+        parent,
+        prefetch_layers: raw.prefetch_layers,
+        prefetch_concurrency: o.check("mirror.prefetch_concurrency", concurrency)?,
     })
+}
+
+/// `mirror.parent` and its credentials, CA and fallback; the other `parent_*` keys
+/// need `parent`.
+fn build_parent(raw: &RawMirror, o: &Origins) -> Result<Option<ParentConfig>, ConfigError> {
+    let set = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let (username, password) = (set(&raw.parent_username), set(&raw.parent_password));
+    let ca_file = set(&raw.parent_ca_file).map(PathBuf::from);
+    if raw.parent.is_empty() {
+        let stray = [
+            ("mirror.parent_username", username.is_some()),
+            ("mirror.parent_password", password.is_some()),
+            ("mirror.parent_ca_file", ca_file.is_some()),
+            ("mirror.parent_fallback", raw.parent_fallback),
+        ];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            o.check(key, Err("is set but mirror.parent is empty".to_string()))?;
+        }
+        return Ok(None);
+    }
+    let url = o.check("mirror.parent", parse_url(&raw.parent))?;
+    match (&username, &password) {
+        (Some(_), None) => o.check(
+            "mirror.parent_username",
+            Err("is set but mirror.parent_password is empty".to_string()),
+        )?,
+        (None, Some(_)) => o.check(
+            "mirror.parent_password",
+            Err("is set but mirror.parent_username is empty".to_string()),
+        )?,
+        _ => {}
+    }
+    if let Some(path) = &ca_file {
+        o.check("mirror.parent_ca_file", readable_file(path))?;
+    }
+    Ok(Some(ParentConfig {
+        url,
+        username,
+        password: password.map(Secret::new),
+        ca_file,
+        fallback: raw.parent_fallback,
+    }))
 }

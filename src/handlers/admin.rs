@@ -12,6 +12,7 @@
 //!   or an API token, never a bearer JWT), `DELETE tokens/<id>`.
 //! - `GET cache/stats`, `POST cache/purge?repo=|digest=`, `POST gc[?dry_run=1]`
 //!   (`admin_cache.rs`).
+//! - `POST preheat` `{"images": [..], "platform": "all" | "OS/ARCH"}` (`preheat.rs`).
 
 use crate::app::App;
 use crate::auth::policy::{parse_scope, Actions, Subject};
@@ -31,7 +32,7 @@ use std::sync::Arc;
 
 const MAX_BODY: u64 = 64 << 10;
 /// The admin endpoints (for 405 on a wrong method).
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     "whoami",
     "logs",
     "config",
@@ -43,6 +44,7 @@ const KNOWN: [&str; 11] = [
     "cache/stats",
     "cache/purge",
     "gc",
+    "preheat",
 ];
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 100_000;
@@ -79,6 +81,11 @@ pub async fn handle(
                 Some(target),
             );
             r
+        }
+        ("preheat", &Method::POST) => {
+            app.auth
+                .audit("preheat", id.user.as_deref(), Some(&client), None, None);
+            crate::handlers::preheat::handle(app, req).await
         }
         ("gc", &Method::POST) => {
             let r = admin_cache::gc(app, req.uri()).await;

@@ -27,6 +27,15 @@ pub struct Mirror {
     pub hosted_on_push: bool,
     /// Stale tags being revalidated in the background, one HEAD per tag.
     pub revalidations: revalidate::Revalidations,
+    /// `mirror.parent`, as configured (an upstream is reused on reload only when this
+    /// did not change either).
+    parent: Option<crate::config::ParentConfig>,
+    /// `mirror.prefetch_layers`.
+    pub prefetch_layers: bool,
+    /// Permits for prefetch fills (`mirror.prefetch_concurrency`), kept across reloads
+    /// while the number is unchanged.
+    pub prefetch: Arc<tokio::sync::Semaphore>,
+    prefetch_concurrency: usize,
 }
 
 impl Mirror {
@@ -39,13 +48,31 @@ impl Mirror {
     pub fn reusing(config: &Config, previous: Option<&Mirror>) -> Result<Mirror, UpstreamError> {
         let mut upstreams = Vec::new();
         let mut by_name = HashMap::new();
+        let parent_cfg = config.mirror.parent.clone();
+        // Reused only together with an unchanged parent (which they hold).
+        let same_parent = previous.filter(|p| p.parent == parent_cfg);
+        let parent = match &parent_cfg {
+            Some(p) => {
+                let kept = same_parent
+                    .and_then(|m| m.upstreams.first())
+                    .and_then(|u| u.parent().cloned());
+                Some(match kept {
+                    Some(up) => up,
+                    None => Arc::new(Upstream::new(p.upstream())?),
+                })
+            }
+            None => None,
+        };
         for u in &config.upstreams {
-            let kept = previous
+            let kept = same_parent
                 .and_then(|p| p.upstreams.iter().find(|x| x.config() == u))
                 .cloned();
-            let up = match kept {
-                Some(up) => up,
-                None => Arc::new(Upstream::new(u.clone())?),
+            let up = match (kept, &parent, &parent_cfg) {
+                (Some(up), _, _) => up,
+                (None, Some(parent), Some(pc)) => {
+                    Arc::new(Upstream::new(u.clone())?.behind(parent.clone(), pc.fallback))
+                }
+                _ => Arc::new(Upstream::new(u.clone())?),
             };
             by_name.insert(u.name.clone(), up.clone());
             for a in &u.aliases {
@@ -66,6 +93,17 @@ impl Mirror {
             route_by_host: config.mirror.route_by_host,
             hosted_on_push: config.mirror.hosted_on_push,
             revalidations: Default::default(),
+            parent: parent_cfg,
+            prefetch_layers: config.mirror.prefetch_layers,
+            prefetch: previous
+                .filter(|p| p.prefetch_concurrency == config.mirror.prefetch_concurrency)
+                .map(|p| p.prefetch.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        config.mirror.prefetch_concurrency,
+                    ))
+                }),
+            prefetch_concurrency: config.mirror.prefetch_concurrency,
         })
     }
 }

@@ -49,6 +49,8 @@ pub async fn serve(
     let purge = tokio::spawn(purge_uploads(app.clone()));
     app.auth.spawn_log_writer();
     let cache_upkeep = tokio::spawn(crate::cache::admin::maintain(app.tiers()));
+    // `[[preheat]]` lists kept warm (returns at once when there are none).
+    let preheat = tokio::spawn(crate::handlers::preheat::keep_warm(app.clone()));
     let reload = tls.clone().map(|t| tokio::spawn(t.watch_files()));
     let mut watchdog = systemd::watchdog_interval()
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
@@ -107,6 +109,7 @@ pub async fn serve(
     app.set_draining();
     purge.abort();
     cache_upkeep.abort();
+    preheat.abort();
     if let Some(reload) = reload {
         reload.abort();
     }

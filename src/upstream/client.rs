@@ -51,6 +51,32 @@ impl Upstream {
         repo: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        if let Some(parent) = &self.parent {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let via = format!("{path}{sep}ns={}", self.cfg.name);
+            let answer = parent
+                .upstream
+                .send_direct(method.clone(), &via, repo, headers.clone())
+                .await;
+            match answer {
+                Err(e) if parent.fallback && parent_unreachable(&e) => {
+                    tracing::debug!(upstream = %self.cfg.name, parent = %parent.upstream.name(), error = %e, "parent unreachable, asking the origin");
+                    crate::metrics::parent_fallback(&self.cfg.name);
+                }
+                answer => return answer,
+            }
+        }
+        self.send_direct(method, path, repo, headers).await
+    }
+
+    /// [`Upstream::send`] to this upstream's own `url`.
+    async fn send_direct(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let mut ticket = match self.health.admit(repo) {
             Ok(t) => t,
             Err(refusal) => {
@@ -407,4 +433,19 @@ async fn backoff(attempt: u32) {
     let base = FIRST_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1).min(6));
     let jitter: f64 = rand::thread_rng().gen_range(0.75..1.25);
     tokio::time::sleep(base.mul_f64(jitter)).await;
+}
+
+/// Whether a parent's failure sends the request to the origin (`parent_fallback`): no
+/// connection, a timeout, a broken exchange, a 5xx, or a parent known to be down. A 4xx
+/// (a 404 above all) is the parent's answer, and a 429 is a limit, not an outage.
+fn parent_unreachable(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Connect { .. }
+        | UpstreamError::Tls { .. }
+        | UpstreamError::Request { .. }
+        | UpstreamError::Timeout { .. } => true,
+        UpstreamError::Status { status, .. } => status.is_server_error(),
+        UpstreamError::Refused { state, .. } => *state != super::health::State::RateLimited,
+        _ => false,
+    }
 }

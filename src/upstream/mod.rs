@@ -53,6 +53,16 @@ pub struct Upstream {
     bandwidth: Option<std::sync::Arc<Bandwidth>>,
     /// Rate limits and the circuit breaker, consulted before each request.
     health: health::Health,
+    /// `mirror.parent`: requests go there (with `?ns=<name>`) instead of `url`.
+    parent: Option<Parent>,
+}
+
+/// A parent mirror in front of an upstream: an [`Upstream`] of its own (connections,
+/// health, token flow), shared by every upstream it stands for.
+struct Parent {
+    upstream: std::sync::Arc<Upstream>,
+    /// Ask `url` itself when the parent is unreachable.
+    fallback: bool,
 }
 
 impl Upstream {
@@ -92,7 +102,24 @@ impl Upstream {
                 .max_bandwidth
                 .map(|b| std::sync::Arc::new(Bandwidth::new(b))),
             cfg,
+            parent: None,
         })
+    }
+
+    /// This upstream reached through `parent` (`mirror.parent`): every request goes to
+    /// the parent as `<path>?ns=<name>`; with `fallback`, one the parent cannot answer
+    /// (unreachable, timed out, 5xx, known down) goes to this upstream's own `url`.
+    pub fn behind(mut self, parent: std::sync::Arc<Upstream>, fallback: bool) -> Upstream {
+        self.parent = Some(Parent {
+            upstream: parent,
+            fallback,
+        });
+        self
+    }
+
+    /// The parent mirror this upstream is reached through, if any.
+    pub fn parent(&self) -> Option<&std::sync::Arc<Upstream>> {
+        self.parent.as_ref().map(|p| &p.upstream)
     }
 
     pub fn name(&self) -> &str {

@@ -54,6 +54,9 @@ fn default_has_seven_upstreams() {
         hosted_prefixes: vec!["agents/".into()],
         route_by_host: false,
         hosted_on_push: true,
+        parent: None,
+        prefetch_layers: false,
+        prefetch_concurrency: 4,
     };
     assert_eq!(c.mirror, mirror);
 }
@@ -140,6 +143,9 @@ fn mirror_section_and_env_overrides() {
         hosted_prefixes: vec!["a/".into(), "b/".into()],
         route_by_host: true,
         hosted_on_push: true,
+        parent: None,
+        prefetch_layers: false,
+        prefetch_concurrency: 4,
     };
     assert_eq!(c.mirror, want);
     // A mirror with no default may drop docker.io.
@@ -417,4 +423,66 @@ fn example_configs_parse_and_validate() {
     assert!(ci.upstream("docker.io").unwrap().is_immutable("1.27.3"));
     assert!(ci.upstream("docker.io").unwrap().tag_ttl >= Duration::from_secs(3600));
     assert_eq!(config("hosted.toml").mirror.default_upstream, None);
+}
+
+#[test]
+fn parent_keys_are_checked_with_their_file() {
+    let c = load(
+        "[mirror]\nparent = \"https://regional.example:5000/\"\nparent_username = \"edge\"\nparent_password = \"pw\"\nparent_fallback = true",
+        &[],
+    )
+    .unwrap();
+    let p = c.mirror.parent.clone().unwrap();
+    assert_eq!(p.url, "https://regional.example:5000");
+    assert_eq!(p.password.as_ref().map(|s| s.expose()), Some("pw"));
+    assert!(p.fallback);
+    assert_eq!(p.upstream().name, "parent regional.example:5000");
+    assert!(c
+        .to_toml_redacted()
+        .contains("parent_password = \"<redacted>\""));
+    check(
+        "[mirror]\nparent_fallback = true",
+        &[],
+        "config /etc/ar.toml: key mirror.parent_fallback: is set but mirror.parent is empty",
+    );
+    check(
+        "[mirror]\nparent = \"ftp://x\"",
+        &[],
+        "config /etc/ar.toml: key mirror.parent: invalid url \"ftp://x\": expected http:// or https://",
+    );
+    check(
+        "[mirror]\nparent = \"http://p:5000\"\nparent_username = \"edge\"",
+        &[],
+        "config /etc/ar.toml: key mirror.parent_username: is set but mirror.parent_password is empty",
+    );
+    check(
+        "[mirror]\nprefetch_concurrency = 0",
+        &[],
+        "config /etc/ar.toml: key mirror.prefetch_concurrency: must be at least 1, found 0",
+    );
+}
+
+#[test]
+fn preheat_tables_are_typed_and_checked() {
+    let text = "[[preheat]]\nimages = [\"docker.io/library/alpine:3.20\"]\nplatform = \"linux/amd64\"\ninterval = \"30m\"\n[[preheat]]\nimages = [\"ghcr.io/org/app:1\"]\n";
+    let c = load(text, &[]).unwrap();
+    assert_eq!(c.preheat.len(), 2);
+    assert_eq!(c.preheat[0].interval, Duration::from_secs(1800));
+    assert_eq!(c.preheat[0].platform.as_string(), "linux/amd64");
+    assert_eq!(c.preheat[1].platform, Platform::All);
+    assert_eq!(c.preheat[1].interval, Duration::from_secs(3600));
+    // `config show` reads back the same.
+    let shown = c.to_toml_redacted();
+    let back = load(&shown, &[]).unwrap();
+    assert_eq!(back.preheat, c.preheat);
+    check(
+        "[[preheat]]\nimages = [\"a:1\"]\nplatform = \"amd64\"",
+        &[],
+        "config /etc/ar.toml: key preheat[0].platform: expected \"all\" or OS/ARCH (e.g. \"linux/amd64\"), found \"amd64\"",
+    );
+    check(
+        "[[preheat]]\nimages = []",
+        &[],
+        "config /etc/ar.toml: key preheat[0].images: must list at least one image",
+    );
 }

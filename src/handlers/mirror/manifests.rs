@@ -260,6 +260,7 @@ async fn fetch(app: &Arc<App>, p: &Proxy, reference: &str) -> Result<(Digest, St
         let origin = up.name().to_string();
         tokio::spawn(async move { keep_on_disk(&bg, &d, &m, &b, &origin).await });
     }
+    crate::handlers::preheat::prefetch_layers(app, p, &mt, &bytes);
     Ok((digest, mt, bytes))
 }
 

@@ -12,7 +12,8 @@
 //! - services: `mirror` (routing, policy, revalidation), `cache` (tiers, fills),
 //!   `storage` (content-addressed blobs, SQLite metadata), `auth`, `upstream` (the
 //!   outbound client), `limits` (rate limits), `client` (the agent's local image store),
-//!   `scan` (vulnerability reports in SARIF, CycloneDX, Trivy JSON read into one summary)
+//!   `scan` (vulnerability reports in SARIF, CycloneDX, Trivy JSON read into one summary),
+//!   `cluster` (peer nodes, digest owners, peer requests)
 //! - foundations: `oci` (pure types and parsers), `config`, `error`, `metrics` (every
 //!   metric name, once), `web` (bodies, response builders, ranges, routes, query
 //!   strings), `io` (file reads, sendfile), `logging` and `logring` (the log writer, the
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod error;

@@ -49,6 +49,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "agent_registry_auth_failures_total";
 pub const AUTH_DENIED_TOTAL: &str = "agent_registry_auth_denied_total";
 pub const TOKENS_ISSUED_TOTAL: &str = "agent_registry_tokens_issued_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "agent_registry_access_log_dropped_total";
+pub const PEER_FETCHES_TOTAL: &str = "agent_registry_peer_fetches_total";
+pub const PEER_REQUESTS_TOTAL: &str = "agent_registry_peer_requests_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -151,6 +153,10 @@ pub const ALL: &[Def] = &[
         "Bearer tokens issued by /token"),
     def(ACCESS_LOG_DROPPED_TOTAL, C, Unit::Count, &[],
         "Access/audit records dropped because the log writer fell behind"),
+    def(PEER_FETCHES_TOTAL, C, Unit::Count, &["outcome"],
+        "Cold blobs this cluster node asked of their owner node instead of the upstream: ok, not_found, refused (the owner rejected the secret), error (down, slow or broken off; the node then fetched from the upstream itself)"),
+    def(PEER_REQUESTS_TOTAL, C, Unit::Count, &["outcome"],
+        "Peer requests this node received from other cluster nodes: accepted (served through its own fill), refused (a missing or wrong signature)"),
 ];
 
 /// Histogram buckets for latencies: 0.5 ms to 30 s.
@@ -452,6 +458,16 @@ pub fn fill_finished(failure: Option<&'static str>) {
 /// A request joined a fill in progress.
 pub fn fill_joined() {
     counter!(FILL_WAITERS_TOTAL).increment(1);
+}
+
+/// A blob asked of its owner node (`ok`, `not_found`, `refused`, `error`).
+pub fn peer_fetch(outcome: &'static str) {
+    counter!(PEER_FETCHES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// A peer request received (`accepted`, `refused`).
+pub fn peer_request(outcome: &'static str) {
+    counter!(PEER_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Bytes sent with sendfile(2).

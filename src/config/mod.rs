@@ -18,6 +18,7 @@ mod auth;
 mod base;
 mod cache;
 mod checks;
+mod cluster;
 mod limits;
 mod merge;
 mod tls;
@@ -39,6 +40,7 @@ pub use auth::{check_bcrypt, Action, AuthConfig, RuleConfig, UserConfig, Visibil
 use base::{one_of, positive, EMBEDDED};
 pub use base::{ConfigError, Secret};
 pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
+pub use cluster::ClusterConfig;
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use tls::{TlsConfig, TlsFileError};
@@ -67,6 +69,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[cluster]`: peer mirror nodes sharing cold blobs by digest.
+    pub cluster: ClusterConfig,
     /// `"embedded default"` or the path of the file it was loaded from.
     pub origin: String,
 }
@@ -161,6 +165,7 @@ struct RawConfig {
     auth: auth::RawAuth,
     cache: cache::RawCache,
     upstreams: BTreeMap<String, ShownUpstream>,
+    cluster: cluster::RawCluster,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -296,6 +301,7 @@ impl Config {
             auth: AuthConfig::default(),
             cache: CacheConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
+            cluster: ClusterConfig::default(),
             origin: EMBEDDED.into(),
         }
     }
@@ -335,6 +341,7 @@ impl Config {
             auth: auth::show_auth(&self.auth),
             cache: cache::show_cache(&self.cache),
             upstreams: upstream::show_upstreams(&self.upstreams),
+            cluster: cluster::show_cluster(&self.cluster),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         // Values hold no `${VAR}` any more: escape so reading it back does not expand again.
@@ -408,6 +415,7 @@ impl Config {
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
         let (upstreams, _disabled) = upstreams;
+        let cluster = cluster::build_cluster(o.section(&mut table, "cluster")?, o)?;
         Ok(Config {
             server,
             tls,
@@ -418,6 +426,7 @@ impl Config {
             auth,
             cache,
             upstreams,
+            cluster,
             origin: origin.to_string(),
         })
     }

@@ -33,6 +33,16 @@ fn url(a: &SocketAddr) -> String {
 
 /// A node at `addr` mirroring `fake` as docker.io, with `peers` (URLs).
 fn node(fake: &FakeUpstream, addr: SocketAddr, peers: &[String]) -> TestServer {
+    node_with(fake, addr, peers, |_| {})
+}
+
+/// [`node`] with the config changed by `f`.
+fn node_with(
+    fake: &FakeUpstream,
+    addr: SocketAddr,
+    peers: &[String],
+    f: impl FnOnce(&mut agent_registry::config::Config),
+) -> TestServer {
     let (up, peers) = (fake.url(), peers.to_vec());
     TestServer::start_with(move |cfg| {
         cfg.server.listen = addr;
@@ -43,6 +53,7 @@ fn node(fake: &FakeUpstream, addr: SocketAddr, peers: &[String]) -> TestServer {
         cfg.cluster.peers = peers;
         cfg.cluster.secret = Some(Secret::new(SECRET));
         cfg.cluster.peer_timeout = Duration::from_secs(1);
+        f(cfg);
     })
 }
 
@@ -159,6 +170,47 @@ async fn with_the_owner_stopped_the_other_nodes_fill_themselves() {
     for n in &nodes {
         assert_eq!(stored(n, &second).await.as_deref(), Some(second.as_str()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_owner_stopped_mid_transfer_its_peers_clients_complete_from_the_upstream() {
+    let fake = FakeUpstream::start();
+    let a = addrs(2);
+    let urls: Vec<String> = a.iter().map(url).collect();
+    let digest = blob_owned(&fake, &urls, 8 << 20, |o| o == 0);
+    // The owner closes its connections at once when stopped (no drain).
+    let owner = node_with(&fake, a[0], &urls, |c| {
+        c.server.drain_timeout = Duration::ZERO
+    });
+    let other = node(&fake, a[1], &urls);
+    // About 2 s for the blob, so the owner stops in the middle of it.
+    fake.set(|s| s.pace = Some(4096));
+    let path = format!("/v2/big/blobs/{digest}");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, path) = (Http::new(&other.host()), path.clone());
+            tokio::spawn(async move { http.get_hashed(&path, &[]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let d: Digest = digest.parse().expect("digest");
+    assert!(owner.app.fills.get(&d).is_some(), "the owner is filling it");
+    tokio::task::spawn_blocking(move || drop(owner.stop()))
+        .await
+        .expect("stop");
+    for c in clients {
+        let r = c.await.expect("task").expect("complete body");
+        assert_eq!(
+            (r.status, r.digest.as_str()),
+            (StatusCode::OK, digest.as_str())
+        );
+    }
+    // The owner's GET, then this node's resume from where the owner broke off.
+    assert_eq!(fake.blob_gets(&digest), 2);
+    assert_eq!(
+        stored(&other, &digest).await.as_deref(),
+        Some(digest.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -344,3 +344,40 @@ async fn a_fourth_node_serves_a_blob_its_owner_holds_without_an_upstream_get() {
         Some(digest.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_that_starts_with_an_upstream_alias_reaches_the_owner_unchanged() {
+    let fake = FakeUpstream::start();
+    let a = addrs(2);
+    let urls: Vec<String> = a.iter().map(url).collect();
+    // Docker Hub's `docker/...` organisation, with `docker` an alias of docker.io.
+    let bytes = (0..1000)
+        .map(|seed| random(100_000, seed))
+        .find(|b| owner(&urls, &Digest::sha256_of(b).to_string()) == 0)
+        .expect("a blob node 0 owns");
+    let digest = fake.add_blob("docker/compose", bytes);
+    let alias = |c: &mut agent_registry::config::Config| {
+        if let Some(u) = c.upstreams.iter_mut().find(|u| u.name == "docker.io") {
+            u.aliases = vec!["docker".into()];
+        }
+    };
+    let _owner = node_with(&fake, a[0], &urls, alias);
+    let other = node_with(&fake, a[1], &urls, alias);
+    let r = Http::new(&other.host())
+        .get_hashed(&format!("/v2/docker.io/docker/compose/blobs/{digest}"), &[])
+        .await
+        .expect("body");
+    assert_eq!(
+        (r.status, r.digest.as_str()),
+        (StatusCode::OK, digest.as_str())
+    );
+    assert_eq!(
+        fake.blob_gets(&digest),
+        1,
+        "asked of the owner as docker/compose"
+    );
+    assert_eq!(
+        fake.hits("GET", &format!("/v2/library/compose/blobs/{digest}")),
+        0
+    );
+}

@@ -424,7 +424,14 @@ fn peer_source(
     upstream: Source,
 ) -> Source {
     let ns: String = form_urlencoded::byte_serialize(p.upstream.name().as_bytes()).collect();
-    let target = format!("/v2/{}/blobs/{digest}?ns={ns}", p.repo);
+    // The path names the upstream too, so the owner strips exactly that prefix and
+    // keeps a repository whose first part is an upstream alias (`docker/compose`).
+    let prefixed = format!("{}/{}", p.upstream.name(), p.repo);
+    let name = match crate::oci::RepoName::parse(&prefixed) {
+        Ok(_) => prefixed,
+        Err(_) => p.repo.clone(),
+    };
+    let target = format!("/v2/{name}/blobs/{digest}?ns={ns}");
     let key = digest.to_string();
     let idle = p.upstream.config().idle_timeout;
     Arc::new(move |offset: u64| {

@@ -355,6 +355,27 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn peers_dns_makes_every_address_a_member() {
+        let c = Cluster::new(&ClusterConfig {
+            self_url: Some("http://10.255.255.1:5000".into()),
+            peers_dns: Some(("localhost".into(), 5000)),
+            secret: Some(Secret::new("s")),
+            ..ClusterConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        for _ in 0..200 {
+            if c.members().len() > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let m = c.members();
+        assert!(m.iter().any(|u| u == "http://127.0.0.1:5000"), "{m:?}");
+        assert!(m.iter().any(|u| u == "http://10.255.255.1:5000"), "{m:?}");
+    }
+
     #[test]
     fn no_peers_no_cluster() {
         assert!(Cluster::new(&ClusterConfig::default()).unwrap().is_none());

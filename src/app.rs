@@ -36,6 +36,8 @@ pub struct App {
     live: ArcSwap<Config>,
     /// Users, rules, tokens, the audit and access logs.
     pub auth: Arc<Auth>,
+    /// `[cluster]`: the peer nodes and digest owners; `None` without peers.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     draining: AtomicBool,
 }
 /// Why the server could not start.
@@ -47,6 +49,8 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("{0}")]
     Auth(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 impl App {
     pub fn new(config: Config) -> std::result::Result<Arc<App>, StartError> {
@@ -60,6 +64,7 @@ impl App {
             .map_err(crate::storage::StorageError::from)?;
         let fills = Arc::new(crate::cache::Fills::default());
         fills.attach(cache.clone());
+        let cluster = crate::cluster::Cluster::new(&config.cluster).map_err(StartError::Cluster)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(config.clone()),
             config,
@@ -70,6 +75,7 @@ impl App {
             cache,
             limits: ArcSwap::from_pointee(limits),
             auth: Arc::new(auth),
+            cluster,
             draining: AtomicBool::new(false),
         }))
     }

@@ -14,7 +14,8 @@
 //!   outbound client), `limits` (rate limits), `client` (the agent's local image store),
 //!   `sign` (image signatures in cosign's format: payload, ECDSA P-256, keys, the `.sig`
 //!   manifest; pure format code over `oci`),
-//!   `scan` (vulnerability reports in SARIF, CycloneDX, Trivy JSON read into one summary)
+//!   `scan` (vulnerability reports in SARIF, CycloneDX, Trivy JSON read into one summary),
+//!   `cluster` (peer nodes, digest owners, peer requests)
 //! - foundations: `oci` (pure types and parsers), `config`, `error`, `metrics` (every
 //!   metric name, once), `web` (bodies, response builders, ranges, routes, query
 //!   strings), `io` (file reads, sendfile), `logging` and `logring` (the log writer, the
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod error;

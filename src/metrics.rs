@@ -52,6 +52,8 @@ pub const ACCESS_LOG_DROPPED_TOTAL: &str = "agent_registry_access_log_dropped_to
 pub const PARENT_FALLBACKS_TOTAL: &str = "agent_registry_parent_fallbacks_total";
 pub const PREHEAT_BLOBS_TOTAL: &str = "agent_registry_preheat_blobs_total";
 pub const PREFETCH_FILLS_TOTAL: &str = "agent_registry_prefetch_fills_total";
+pub const PEER_FETCHES_TOTAL: &str = "agent_registry_peer_fetches_total";
+pub const PEER_REQUESTS_TOTAL: &str = "agent_registry_peer_requests_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -160,6 +162,10 @@ pub const ALL: &[Def] = &[
         "Blobs a preheat made sure are cached (admin API, CLI or [[preheat]]), filled or already held"),
     def(PREFETCH_FILLS_TOTAL, C, Unit::Count, &["outcome"],
         "Layer prefetches after a manifest miss (mirror.prefetch_layers): done, failed, or skipped (held or in flight already)"),
+    def(PEER_FETCHES_TOTAL, C, Unit::Count, &["outcome"],
+        "Cold blobs this cluster node asked of their owner node instead of the upstream: ok, not_found, refused (the owner rejected the secret), error (down, slow or broken off; the node then fetched from the upstream itself)"),
+    def(PEER_REQUESTS_TOTAL, C, Unit::Count, &["outcome"],
+        "Peer requests this node received from other cluster nodes: accepted (served through its own fill), refused (a missing or wrong signature)"),
 ];
 
 /// Histogram buckets for latencies: 0.5 ms to 30 s.
@@ -477,6 +483,16 @@ pub fn prefetch_fill(outcome: &'static str) {
 /// A request joined a fill in progress.
 pub fn fill_joined() {
     counter!(FILL_WAITERS_TOTAL).increment(1);
+}
+
+/// A blob asked of its owner node (`ok`, `not_found`, `refused`, `error`).
+pub fn peer_fetch(outcome: &'static str) {
+    counter!(PEER_FETCHES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// A peer request received (`accepted`, `refused`).
+pub fn peer_request(outcome: &'static str) {
+    counter!(PEER_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Bytes sent with sendfile(2).

@@ -26,7 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "services",
         &[
             "mirror", "cache", "storage", "auth", "upstream", "client", "limits", "sign", "scan",
-            "policy",
+            "policy", "cluster",
         ],
     ),
     (

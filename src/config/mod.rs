@@ -18,6 +18,7 @@ mod auth;
 mod base;
 mod cache;
 mod checks;
+mod cluster;
 mod limits;
 mod merge;
 mod preheat;
@@ -40,6 +41,7 @@ pub use auth::{check_bcrypt, Action, AuthConfig, RuleConfig, UserConfig, Visibil
 use base::{one_of, positive, EMBEDDED};
 pub use base::{ConfigError, Secret};
 pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
+pub use cluster::ClusterConfig;
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
 pub use preheat::{Platform, PreheatConfig};
@@ -71,6 +73,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[preheat]]`: image lists kept warm.
     pub preheat: Vec<PreheatConfig>,
+    /// `[cluster]`: peer mirror nodes sharing cold blobs by digest.
+    pub cluster: ClusterConfig,
     /// `"embedded default"` or the path of the file it was loaded from.
     pub origin: String,
 }
@@ -166,6 +170,7 @@ struct RawConfig {
     cache: cache::RawCache,
     upstreams: BTreeMap<String, ShownUpstream>,
     preheat: Vec<preheat::RawPreheat>,
+    cluster: cluster::RawCluster,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -305,6 +310,7 @@ impl Config {
             cache: CacheConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             preheat: Vec::new(),
+            cluster: ClusterConfig::default(),
             origin: EMBEDDED.into(),
         }
     }
@@ -345,6 +351,7 @@ impl Config {
             cache: cache::show_cache(&self.cache),
             upstreams: upstream::show_upstreams(&self.upstreams),
             preheat: preheat::show_preheat(&self.preheat),
+            cluster: cluster::show_cluster(&self.cluster),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         // Values hold no `${VAR}` any more: escape so reading it back does not expand again.
@@ -419,6 +426,7 @@ impl Config {
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
         let (upstreams, _disabled) = upstreams;
         let preheat = preheat::build_preheat(&mut table, o)?;
+        let cluster = cluster::build_cluster(o.section(&mut table, "cluster")?, o)?;
         Ok(Config {
             server,
             tls,
@@ -430,6 +438,7 @@ impl Config {
             cache,
             upstreams,
             preheat,
+            cluster,
             origin: origin.to_string(),
         })
     }

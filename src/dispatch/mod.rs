@@ -198,6 +198,9 @@ async fn dispatch(
     req: Request<ReqBody>,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>> {
+    if req.headers().contains_key(crate::cluster::PEER_HEADER) {
+        return peer_request(app, route, req, ctx).await;
+    }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -381,6 +384,69 @@ async fn shadowed_refusal(
         Ok(_) => deny(app, id, n, Action::Pull, &headers, ctx),
         Err(e) => e,
     }
+}
+
+/// A blob request from another node of the cluster (it carries
+/// `X-Agent-Registry-Peer`): authenticated by its signature with the shared secret only,
+/// never by client credentials, and refused before anything else happens when the
+/// signature is missing, wrong or stale (or this node has no cluster). Only blob GETs and
+/// HEADs of an upstream's repository; served through the normal mirror path (which sees
+/// the header and fills from the upstream itself: a peer request never goes on to
+/// another peer).
+async fn peer_request(
+    app: &Arc<App>,
+    route: Route<'_>,
+    req: Request<ReqBody>,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>> {
+    let m = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let value = req
+        .headers()
+        .get(crate::cluster::PEER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ok = app
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.verify(value, &m, &target));
+    if !ok {
+        crate::metrics::peer_request("refused");
+        return Err(Error::client(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "peer request refused: no cluster here, or a missing, wrong or stale signature",
+        ));
+    }
+    crate::metrics::peer_request("accepted");
+    ctx.identity = Some("cluster-peer".into());
+    let (Route::Blob(name, d), true) = (route, m == Method::GET || m == Method::HEAD) else {
+        return Err(Error::bad_request(
+            ErrorCode::Unsupported,
+            "a peer request is a blob GET or HEAD",
+        ));
+    };
+    let name = repo(name)?;
+    let q = query(req.uri());
+    let Some(ns) = query_get(&q, "ns") else {
+        return Err(Error::bad_request(
+            ErrorCode::Unsupported,
+            "a peer request names its upstream with ?ns=",
+        ));
+    };
+    let Target::Proxy(p) = app.mirror().resolve(&name, Some(ns), None)? else {
+        return Err(Error::bad_request(
+            ErrorCode::Unsupported,
+            "a peer request is for an upstream's blob",
+        ));
+    };
+    ctx.upstream = Some(p.upstream.name().to_string());
+    ctx.ns = p.ns.clone();
+    handlers::mirror::blobs::get(app, &p, d, req.headers(), m == Method::HEAD, ctx).await
 }
 
 /// A request for a repository hosted here.

@@ -8,6 +8,7 @@ mod auth;
 mod cache;
 mod cache_restart;
 mod cli;
+mod cluster;
 mod conformance;
 mod crash;
 mod edge;

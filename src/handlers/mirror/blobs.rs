@@ -90,7 +90,13 @@ pub async fn get(
     };
     let (fill, started) = match app
         .fills
-        .join(&app.storage, &digest, up, source(p, &digest), opts)
+        .join(
+            &app.storage,
+            &digest,
+            up,
+            fill_source(app, p, &digest, headers),
+            opts,
+        )
         .await
     {
         Ok(f) => f,
@@ -387,6 +393,73 @@ fn fill_error(p: &Proxy, digest: &Digest, e: FillError) -> Error {
         ),
         FillErrorKind::Internal => Error::Internal(e.message),
     }
+}
+
+/// Where a fill of `digest` gets its bytes: from the digest's owner node when this node
+/// is in a cluster and does not own it, else from the upstream. A peer request (its
+/// header was verified by dispatch) always fills from the upstream: it never recurses.
+fn fill_source(app: &App, p: &Proxy, digest: &Digest, headers: &HeaderMap) -> Source {
+    let upstream = source(p, digest);
+    let Some(cluster) = app.cluster.clone() else {
+        return upstream;
+    };
+    if headers.contains_key(crate::cluster::PEER_HEADER) {
+        return upstream;
+    }
+    if cluster.owner(&digest.to_string()).is_none() {
+        return upstream;
+    }
+    peer_source(cluster, p, digest, upstream)
+}
+
+/// A fill's source that asks the digest's owner node first (its own fill serves every
+/// node, one upstream GET for the cluster), and the upstream when there is no live
+/// owner but this node, or the owner fails, refuses, is slow or does not have it. A
+/// resume asks the owner again from the offset unless it was marked down meanwhile.
+/// The fill verifies the digest whatever the source.
+fn peer_source(
+    cluster: Arc<crate::cluster::Cluster>,
+    p: &Proxy,
+    digest: &Digest,
+    upstream: Source,
+) -> Source {
+    let ns: String = form_urlencoded::byte_serialize(p.upstream.name().as_bytes()).collect();
+    // The path names the upstream too, so the owner strips exactly that prefix and
+    // keeps a repository whose first part is an upstream alias (`docker/compose`).
+    let prefixed = format!("{}/{}", p.upstream.name(), p.repo);
+    let name = match crate::oci::RepoName::parse(&prefixed) {
+        Ok(_) => prefixed,
+        Err(_) => p.repo.clone(),
+    };
+    let target = format!("/v2/{name}/blobs/{digest}?ns={ns}");
+    let key = digest.to_string();
+    let idle = p.upstream.config().idle_timeout;
+    Arc::new(move |offset: u64| {
+        let (cluster, upstream, target, key) = (
+            cluster.clone(),
+            upstream.clone(),
+            target.clone(),
+            key.clone(),
+        );
+        Box::pin(async move {
+            let Some(owner) = cluster.owner(&key) else {
+                return upstream(offset).await;
+            };
+            match cluster.fetch(&owner, &target, offset, idle).await {
+                Ok(b) => Ok(Opened {
+                    total: b.total,
+                    stream: b
+                        .stream
+                        .map(|c| c.map_err(|m| FillError::new(FillErrorKind::Unavailable, m)))
+                        .boxed(),
+                }),
+                Err(e) => {
+                    tracing::debug!(peer = %owner, error = ?e, "blob from the upstream instead of its owner node");
+                    upstream(offset).await
+                }
+            }
+        })
+    })
 }
 
 /// The fill's source: GET the blob from the upstream, from `offset` with a Range request

@@ -36,6 +36,8 @@ pub struct App {
     live: ArcSwap<Config>,
     /// Users, rules, tokens, the audit and access logs.
     pub auth: Arc<Auth>,
+    /// Pull policies (`[policy]` and the run-time override) and their verdict cache.
+    pub policy: Arc<crate::policy::Policies>,
     draining: AtomicBool,
 }
 /// Why the server could not start.
@@ -47,6 +49,8 @@ pub enum StartError {
     Upstream(#[from] crate::upstream::UpstreamError),
     #[error("{0}")]
     Auth(String),
+    #[error("{0}")]
+    Policy(String),
 }
 impl App {
     pub fn new(config: Config) -> std::result::Result<Arc<App>, StartError> {
@@ -60,6 +64,8 @@ impl App {
             .map_err(crate::storage::StorageError::from)?;
         let fills = Arc::new(crate::cache::Fills::default());
         fills.attach(cache.clone());
+        let policy = crate::policy::from_config(&config.policy, &config.storage.data_dir)
+            .map_err(StartError::Policy)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(config.clone()),
             config,
@@ -70,6 +76,7 @@ impl App {
             cache,
             limits: ArcSwap::from_pointee(limits),
             auth: Arc::new(auth),
+            policy: Arc::new(policy),
             draining: AtomicBool::new(false),
         }))
     }

@@ -37,6 +37,7 @@ pub mod logring;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod policy;
 pub mod scan;
 pub mod server;
 pub mod sign;

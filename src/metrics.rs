@@ -49,6 +49,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "agent_registry_auth_failures_total";
 pub const AUTH_DENIED_TOTAL: &str = "agent_registry_auth_denied_total";
 pub const TOKENS_ISSUED_TOTAL: &str = "agent_registry_tokens_issued_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "agent_registry_access_log_dropped_total";
+pub const POLICY_DENIED_TOTAL: &str = "agent_registry_policy_denied_total";
+pub const POLICY_WARNINGS_TOTAL: &str = "agent_registry_policy_warnings_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -151,6 +153,10 @@ pub const ALL: &[Def] = &[
         "Bearer tokens issued by /token"),
     def(ACCESS_LOG_DROPPED_TOTAL, C, Unit::Count, &[],
         "Access/audit records dropped because the log writer fell behind"),
+    def(POLICY_DENIED_TOTAL, C, Unit::Count, &["policy"],
+        "Manifest pulls refused with 403 by a pull policy: signature (no signature verifies with the policy's keys) or vulnerability (a finding at or above block_vulnerabilities, or no report under unscanned = block)"),
+    def(POLICY_WARNINGS_TOTAL, C, Unit::Count, &["policy"],
+        "Manifest pulls a mode = warn signature rule objected to and served anyway"),
 ];
 
 /// Histogram buckets for latencies: 0.5 ms to 30 s.
@@ -474,6 +480,16 @@ pub fn token_issued() {
 
 pub fn access_log_dropped() {
     counter!(ACCESS_LOG_DROPPED_TOTAL).increment(1);
+}
+
+/// A manifest refused by a pull policy; `policy` is `signature` or `vulnerability`.
+pub fn policy_denied(policy: &'static str) {
+    counter!(POLICY_DENIED_TOTAL, "policy" => policy).increment(1);
+}
+
+/// A manifest served despite a `mode = "warn"` rule's objection.
+pub fn policy_warning(policy: &'static str) {
+    counter!(POLICY_WARNINGS_TOTAL, "policy" => policy).increment(1);
 }
 
 pub fn rate_limited() {

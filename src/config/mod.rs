@@ -11,7 +11,7 @@
 //! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
 //! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `auth.rs` (`[auth]`),
 //! `cache.rs` (`[cache]`, whose `strategies` list is folded into a table before merging),
-//! `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`),
+//! `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`), `policy.rs` (`[policy]`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
 mod auth;
@@ -20,6 +20,7 @@ mod cache;
 mod checks;
 mod limits;
 mod merge;
+mod policy;
 mod tls;
 mod units;
 mod upstream;
@@ -41,6 +42,7 @@ pub use base::{ConfigError, Secret};
 pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Strategies};
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
+pub use policy::{PolicyConfig, SignaturePolicy};
 pub use tls::{TlsConfig, TlsFileError};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use upstream::{MirrorConfig, RateLimitScope, UpstreamConfig};
@@ -65,6 +67,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[cache]`: disk and memory tiers, strategies, garbage collection.
     pub cache: CacheConfig,
+    /// `[policy]`: pull policies (vulnerability threshold, signature rules).
+    pub policy: PolicyConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// `"embedded default"` or the path of the file it was loaded from.
@@ -160,6 +164,7 @@ struct RawConfig {
     limits: limits::RawLimits,
     auth: auth::RawAuth,
     cache: cache::RawCache,
+    policy: policy::RawPolicy,
     upstreams: BTreeMap<String, ShownUpstream>,
 }
 
@@ -295,6 +300,7 @@ impl Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             cache: CacheConfig::default(),
+            policy: PolicyConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             origin: EMBEDDED.into(),
         }
@@ -334,6 +340,7 @@ impl Config {
             limits: limits::show_limits(&self.limits),
             auth: auth::show_auth(&self.auth),
             cache: cache::show_cache(&self.cache),
+            policy: policy::show_policy(&self.policy),
             upstreams: upstream::show_upstreams(&self.upstreams),
         };
         let body = toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
@@ -404,6 +411,7 @@ impl Config {
         let limits = limits::build_limits(o.section(&mut table, "limits")?, o)?;
         let auth = auth::build_auth(o.section(&mut table, "auth")?, o)?;
         let cache = cache::build_cache(o.section(&mut table, "cache")?, o)?;
+        let policy = policy::build_policy(o.section(&mut table, "policy")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
@@ -417,6 +425,7 @@ impl Config {
             limits,
             auth,
             cache,
+            policy,
             upstreams,
             origin: origin.to_string(),
         })

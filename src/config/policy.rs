@@ -3,7 +3,6 @@
 //! public keys; the server parses them at start.
 
 use super::base::ConfigError;
-use super::checks::readable_file;
 use super::merge::Origins;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -71,7 +70,12 @@ pub(super) fn show_policy(p: &PolicyConfig) -> RawPolicy {
 }
 
 fn pem_public_key(path: &std::path::Path) -> Result<(), String> {
-    readable_file(path)?;
+    if path.is_dir() {
+        return Err(format!(
+            "{} is a directory, expected a PEM file",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     match text.contains("-----BEGIN PUBLIC KEY-----") {

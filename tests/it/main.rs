@@ -24,6 +24,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod policy;
 mod profiles;
 mod pushpull;
 mod registry_cli;

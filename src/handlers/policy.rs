@@ -219,26 +219,41 @@ impl Source for Mirrored<'_> {
         })
     }
 
+    /// A small blob (a signature payload, a report): from the cache when held, else
+    /// straight from the upstream (the repository's upstream, its auth and health), not
+    /// kept: the verdict is what is cached.
     fn blob<'a>(&'a self, digest: &'a Digest, limit: u64) -> Fetch<'a, Option<Vec<u8>>> {
         Box::pin(async move {
-            let mut ctx = self.ctx("blob");
-            let r = crate::handlers::mirror::blobs::get(
-                self.app,
-                self.proxy,
-                &digest.to_string(),
-                &HeaderMap::new(),
-                false,
-                &mut ctx,
-            )
-            .await;
-            match r {
-                Ok(r) => match collect(r, limit).await? {
-                    Some(b) if digest.matches(&b) => Ok(Some(b)),
-                    Some(_) => Err(format!("blob {digest}: bytes do not match")),
-                    None => Ok(None),
-                },
-                Err(e) if e.status() == StatusCode::NOT_FOUND => Ok(None),
-                Err(e) => Err(e.to_string()),
+            if let Ok(Some(b)) = read_checked(self.app, digest, limit).await {
+                return Ok(Some(b));
+            }
+            let up = &self.proxy.upstream;
+            let repo = &self.proxy.repo;
+            let path = format!("/v2/{repo}/blobs/{digest}");
+            let resp = match up
+                .send(http::Method::GET, &path, repo, HeaderMap::new())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(None),
+                Err(e) => return Err(format!("upstream {}: blob {digest}: {e}", up.name())),
+            };
+            let mut body = up.body(resp);
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                let chunk =
+                    chunk.map_err(|e| format!("upstream {}: blob {digest}: {e}", up.name()))?;
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            match digest.matches(&buf) {
+                true => Ok(Some(buf)),
+                false => Err(format!(
+                    "upstream {}: blob {digest}: bytes do not match",
+                    up.name()
+                )),
             }
         })
     }

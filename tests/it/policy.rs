@@ -293,3 +293,95 @@ fn a_policy_set_at_run_time_survives_a_restart_and_needs_admin() {
     );
     let _ = version;
 }
+
+/// The edge: a mirror in front of CNCF distribution (Debian's `docker-registry`, no
+/// referrers API) that only serves images the policy's key signed. The image and its
+/// signature are pushed there by this project's `agent push --sign`; the mirror fetches
+/// the `.sig` tag through its own path, verifies before serving, and caches the verdict.
+/// Then the upstream is compromised: the `.sig` is replaced by one signed with another
+/// key. A cached verdict is only reused under the same policy version, so the test
+/// changes the version (`policy set`), and also pulls a new digest signed by the forger:
+/// both are refused.
+#[test]
+fn edge_mirror_serves_only_images_signed_with_the_policy_key() {
+    let Some(dist) = crate::support::distribution::Distribution::start() else {
+        return;
+    };
+    let up = dist.host();
+    let home = Home::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = generate(&home, keys.path(), "cosign");
+    let (forger, _) = generate(&home, keys.path(), "forger");
+    img::single_image(&home.images(), "myorg/app:1", 81, &[600]);
+    let (digest, sig_tag) = push_signed(&home, &up, "myorg/app:1", &key);
+    let srv = TestServer::start_with(|c| {
+        let u = crate::support::server::default_upstream(c, &dist.url());
+        u.tag_ttl = std::time::Duration::from_millis(1);
+        c.policy.signatures = vec![rule(&["docker.io/myorg/*"], &public, true)];
+    });
+    let m = srv.host();
+
+    // Signed: served, by tag and by digest, through the mirror.
+    let before = dist.hits("GET", &sig_tag);
+    let r = get(&m, "/v2/myorg/app/manifests/1");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(
+        dist.hits("GET", &sig_tag),
+        before + 1,
+        "the signature was fetched once"
+    );
+    // Warm: the verdict is cached, the signature is not fetched again.
+    for _ in 0..3 {
+        let r = get(&m, &format!("/v2/myorg/app/manifests/{digest}"));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    assert_eq!(
+        dist.hits("GET", &sig_tag),
+        before + 1,
+        "warm pulls fetched the signature"
+    );
+
+    // An image pushed upstream unsigned: refused.
+    img::single_image(&home.images(), "myorg/app:2", 82, &[600]);
+    home.ok(&["push", "myorg/app:2", "--registry", &up]);
+    assert_refused(&get(&m, "/v2/myorg/app/manifests/2"), "not signed");
+
+    // A new digest signed with the forger's key: refused.
+    img::single_image(&home.images(), "myorg/app:3", 83, &[600]);
+    push_signed(&home, &up, "myorg/app:3", &forger);
+    assert_refused(&get(&m, "/v2/myorg/app/manifests/3"), "does not verify");
+
+    // The upstream's .sig of image 1 replaced by a forged one: sign with the forger (the
+    // client adds a layer to the existing signature manifest), then put back a manifest
+    // with only the forged layer.
+    push_signed(&home, &up, "myorg/app:1", &forger);
+    let merged = get(&up, &format!("/v2/myorg/app/manifests/{sig_tag}")).json();
+    let mut forged = merged.clone();
+    let layers = forged["layers"].as_array().unwrap().clone();
+    assert_eq!(layers.len(), 2, "{merged}");
+    forged["layers"] = Value::Array(vec![layers[1].clone()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let put = rt.block_on(Http::new(&up).send(
+        http::Method::PUT,
+        &format!("/v2/myorg/app/manifests/{sig_tag}"),
+        &[("content-type", img::MANIFEST_V1)],
+        bytes::Bytes::from(serde_json::to_vec(&forged).unwrap()),
+    ));
+    assert_eq!(put.status, 201, "{:?}", put.body);
+    // Under the same policy version the verdict made before the compromise stands (a
+    // map lookup); a new version judges again, with the forged signature.
+    srv.app
+        .policy
+        .set(Some(agent_registry::policy::Override {
+            block_vulnerabilities: None,
+            unscanned: Some(agent_registry::policy::Unscanned::Allow),
+        }))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_refused(
+        &get(&m, &format!("/v2/myorg/app/manifests/{digest}")),
+        "does not verify",
+    );
+    assert_refused(&get(&m, "/v2/myorg/app/manifests/1"), "does not verify");
+}

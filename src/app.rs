@@ -137,6 +137,9 @@ impl App {
         if new.cache != old.cache {
             restart.push("cache");
         }
+        if new.policy != old.policy {
+            restart.push("policy");
+        }
         if new.tls.enabled != old.tls.enabled || new.tls.client_ca_file != old.tls.client_ca_file {
             restart.push("tls");
         }

@@ -17,7 +17,7 @@ pub(super) const NAMED_SECTIONS: [&str; 1] = ["upstreams"];
 
 /// Keys whose value is an array of tables (`[[auth.users]]`); their default is empty and
 /// the typed section checks each table's keys.
-const TABLE_ARRAYS: [&str; 2] = ["auth.users", "auth.rules"];
+const TABLE_ARRAYS: [&str; 3] = ["auth.users", "auth.rules", "policy.signatures"];
 
 /// Where each dotted key's value came from; keys not listed come from the embedded default.
 #[derive(Default)]

@@ -141,3 +141,46 @@ pub(super) fn build_policy(raw: RawPolicy, o: &Origins) -> Result<PolicyConfig, 
         signatures,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(toml: &str) -> Result<Config, String> {
+        Config::from_toml_str(toml, "test.toml", &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn policy_values_are_checked_naming_key_and_file() {
+        let e = load("[policy]\nblock_vulnerabilities = \"severe\"\n").unwrap_err();
+        assert!(
+            e.contains("test.toml") && e.contains("policy.block_vulnerabilities"),
+            "{e}"
+        );
+        let e = load("[policy]\nunscanned = \"maybe\"\n").unwrap_err();
+        assert!(e.contains("policy.unscanned"), "{e}");
+        let e = load("[[policy.signatures]]\nrepos = [\"a/*\"]\nkeys = [\"/nonexistent/k.pub\"]\n")
+            .unwrap_err();
+        assert!(
+            e.contains("policy.signatures[0].keys") && e.contains("/nonexistent/k.pub"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k.pub");
+        std::fs::write(
+            &k,
+            "-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[[policy.signatures]]\nrepos = [\"a/*\"]\nkeys = [{:?}]\nmode = \"audit\"\n",
+            k.display().to_string()
+        );
+        let e = load(&text).unwrap_err();
+        assert!(e.contains("policy.signatures[0].mode"), "{e}");
+        let c = load(&text.replace("audit", "warn")).unwrap();
+        assert!(!c.policy.signatures[0].enforce);
+        let again = load(&c.to_toml_redacted()).unwrap();
+        assert_eq!(again.policy, c.policy);
+    }
+}

@@ -385,3 +385,42 @@ fn edge_mirror_serves_only_images_signed_with_the_policy_key() {
     );
     assert_refused(&get(&m, "/v2/myorg/app/manifests/1"), "does not verify");
 }
+
+/// A signed index approves its children for the policy version; a child asked for
+/// before its index was judged must carry its own signature.
+#[test]
+fn a_verified_index_approves_its_children() {
+    let home = Home::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = generate(&home, keys.path(), "cosign");
+    let srv = TestServer::start_with(|c| {
+        c.policy.signatures = vec![rule(&["agents/prod/*"], &public, true)];
+    });
+    let host = srv.host();
+    img::multi_arch_image(&home.images(), "agents/prod/multi:1", 66);
+    let (index, _) = push_signed(&home, &host, "agents/prod/multi:1", &key);
+    let idx = get(&host, &format!("/v2/agents/prod/multi/manifests/{index}"));
+    let children: Vec<String> = idx.json()["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(children.len(), 2);
+    // Restart the verdicts (a new policy version): the child alone is unsigned.
+    srv.app
+        .policy
+        .set(Some(agent_registry::policy::Override {
+            block_vulnerabilities: None,
+            unscanned: Some(agent_registry::policy::Unscanned::Allow),
+        }))
+        .unwrap();
+    let child = format!("/v2/agents/prod/multi/manifests/{}", children[0]);
+    assert_refused(&get(&host, &child), "not signed");
+    // The index verifies and approves both children.
+    assert_eq!(get(&host, "/v2/agents/prod/multi/manifests/1").status, 200);
+    for c in &children {
+        let r = get(&host, &format!("/v2/agents/prod/multi/manifests/{c}"));
+        assert_eq!(r.status, 200, "{c}: {:?}", r.body);
+    }
+}

@@ -38,6 +38,8 @@ pub struct App {
     pub auth: Arc<Auth>,
     /// `[cluster]`: the peer nodes and digest owners; `None` without peers.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Pull policies (`[policy]` and the run-time override) and their verdict cache.
+    pub policy: Arc<crate::policy::Policies>,
     draining: AtomicBool,
 }
 /// Why the server could not start.
@@ -51,7 +53,10 @@ pub enum StartError {
     Auth(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("{0}")]
+    Policy(String),
 }
+
 impl App {
     pub fn new(config: Config) -> std::result::Result<Arc<App>, StartError> {
         crate::metrics::install();
@@ -65,6 +70,8 @@ impl App {
         let fills = Arc::new(crate::cache::Fills::default());
         fills.attach(cache.clone());
         let cluster = crate::cluster::Cluster::new(&config.cluster).map_err(StartError::Cluster)?;
+        let policy = crate::policy::from_config(&config.policy, &config.storage.data_dir)
+            .map_err(StartError::Policy)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(config.clone()),
             config,
@@ -76,6 +83,7 @@ impl App {
             limits: ArcSwap::from_pointee(limits),
             auth: Arc::new(auth),
             cluster,
+            policy: Arc::new(policy),
             draining: AtomicBool::new(false),
         }))
     }
@@ -138,6 +146,9 @@ impl App {
         }
         if new.preheat != old.preheat {
             restart.push("preheat");
+        }
+        if new.policy != old.policy {
+            restart.push("policy");
         }
         if new.tls.enabled != old.tls.enabled || new.tls.client_ca_file != old.tls.client_ca_file {
             restart.push("tls");

@@ -39,6 +39,7 @@ pub mod logring;
 pub mod metrics;
 pub mod mirror;
 pub mod oci;
+pub mod policy;
 pub mod scan;
 pub mod server;
 pub mod sign;

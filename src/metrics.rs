@@ -54,6 +54,8 @@ pub const PREHEAT_BLOBS_TOTAL: &str = "agent_registry_preheat_blobs_total";
 pub const PREFETCH_FILLS_TOTAL: &str = "agent_registry_prefetch_fills_total";
 pub const PEER_FETCHES_TOTAL: &str = "agent_registry_peer_fetches_total";
 pub const PEER_REQUESTS_TOTAL: &str = "agent_registry_peer_requests_total";
+pub const POLICY_DENIED_TOTAL: &str = "agent_registry_policy_denied_total";
+pub const POLICY_WARNINGS_TOTAL: &str = "agent_registry_policy_warnings_total";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -166,6 +168,10 @@ pub const ALL: &[Def] = &[
         "Cold blobs this cluster node asked of their owner node instead of the upstream: ok, not_found, refused (the owner rejected the secret), error (down, slow or broken off; the node then fetched from the upstream itself)"),
     def(PEER_REQUESTS_TOTAL, C, Unit::Count, &["outcome"],
         "Peer requests this node received from other cluster nodes: accepted (served through its own fill), refused (a missing or wrong signature)"),
+    def(POLICY_DENIED_TOTAL, C, Unit::Count, &["policy"],
+        "Manifest pulls refused with 403 by a pull policy: signature (no signature verifies with the policy's keys) or vulnerability (a finding at or above block_vulnerabilities, or no report under unscanned = block)"),
+    def(POLICY_WARNINGS_TOTAL, C, Unit::Count, &["policy"],
+        "Manifest pulls a mode = warn signature rule objected to and served anyway"),
 ];
 
 /// Histogram buckets for latencies: 0.5 ms to 30 s.
@@ -515,6 +521,16 @@ pub fn token_issued() {
 
 pub fn access_log_dropped() {
     counter!(ACCESS_LOG_DROPPED_TOTAL).increment(1);
+}
+
+/// A manifest refused by a pull policy; `policy` is `signature` or `vulnerability`.
+pub fn policy_denied(policy: &'static str) {
+    counter!(POLICY_DENIED_TOTAL, "policy" => policy).increment(1);
+}
+
+/// A manifest served despite a `mode = "warn"` rule's objection.
+pub fn policy_warning(policy: &'static str) {
+    counter!(POLICY_WARNINGS_TOTAL, "policy" => policy).increment(1);
 }
 
 pub fn rate_limited() {

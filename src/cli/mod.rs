@@ -5,6 +5,7 @@ pub mod creds;
 pub mod http;
 pub mod images;
 pub mod monitor;
+pub mod policy;
 pub mod profile;
 pub mod scanning;
 pub mod server_admin;
@@ -160,6 +161,11 @@ pub enum RegistryCommand {
     AccessLogs(admin::LogArgs),
     /// Logins, failures, token and permission changes, denied requests (admin).
     Audit(admin::LogArgs),
+    /// Pull policies the registry enforces: vulnerability threshold, signatures (admin).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// The registry's configuration (admin).
     Config {
         #[command(subcommand)]
@@ -245,6 +251,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
                 RegistryCommand::Config {
                     command: ConfigCommand::Show,
                 } => admin::config_show(&client, out).await,
+                RegistryCommand::Policy { command } => policy::run(&client, command, out).await,
             }
         }
         Command::Login {

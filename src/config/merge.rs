@@ -15,9 +15,10 @@ pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// get no derived environment overrides: `upstreams."docker.io"` has no variable name.
 pub(super) const NAMED_SECTIONS: [&str; 1] = ["upstreams"];
 
-/// Keys whose value is an array of tables (`[[auth.users]]`, the top-level
-/// `[[preheat]]`); their default is empty and the typed section checks each table's keys.
-const TABLE_ARRAYS: [&str; 3] = ["auth.users", "auth.rules", "preheat"];
+/// Keys whose value is an array of tables (`[[auth.users]]`, `[[policy.signatures]]`, the
+/// top-level `[[preheat]]`); their default is empty and the typed section checks each
+/// table's keys.
+const TABLE_ARRAYS: [&str; 4] = ["auth.users", "auth.rules", "policy.signatures", "preheat"];
 
 /// Where each dotted key's value came from; keys not listed come from the embedded default.
 #[derive(Default)]

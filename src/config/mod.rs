@@ -11,7 +11,7 @@
 //! Files: `merge.rs` (tables before typing: `${VAR}`, merge, env, origins), `units.rs`
 //! (sizes, durations), `tls.rs` (`[tls]`), `limits.rs` (`[limits]`), `auth.rs` (`[auth]`),
 //! `cache.rs` (`[cache]`, whose `strategies` list is folded into a table before merging),
-//! `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`),
+//! `upstream.rs` (`[mirror]`, `[upstreams]`, `--upstream`), `policy.rs` (`[policy]`),
 //! `checks.rs` (host names, urls, aliases), `tests.rs` and `tests/upstreams.rs`.
 
 mod auth;
@@ -21,6 +21,7 @@ mod checks;
 mod cluster;
 mod limits;
 mod merge;
+mod policy;
 mod preheat;
 mod tls;
 mod units;
@@ -44,6 +45,7 @@ pub use cache::{CacheConfig, CleanupConfig, GcConfig, MemoryConfig, Policy, Stra
 pub use cluster::ClusterConfig;
 pub use limits::{IpNet, LimitsConfig, Rate};
 use merge::{add_named, apply_env, expand_value, merge, parse_table, Origins};
+pub use policy::{PolicyConfig, SignaturePolicy};
 pub use preheat::{Platform, PreheatConfig};
 pub use tls::{TlsConfig, TlsFileError};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
@@ -69,6 +71,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[cache]`: disk and memory tiers, strategies, garbage collection.
     pub cache: CacheConfig,
+    /// `[policy]`: pull policies (vulnerability threshold, signature rules).
+    pub policy: PolicyConfig,
     /// The enabled upstreams, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[preheat]]`: image lists kept warm.
@@ -168,6 +172,7 @@ struct RawConfig {
     limits: limits::RawLimits,
     auth: auth::RawAuth,
     cache: cache::RawCache,
+    policy: policy::RawPolicy,
     upstreams: BTreeMap<String, ShownUpstream>,
     preheat: Vec<preheat::RawPreheat>,
     cluster: cluster::RawCluster,
@@ -308,6 +313,7 @@ impl Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             cache: CacheConfig::default(),
+            policy: PolicyConfig::default(),
             upstreams: [docker].into_iter().chain(others).collect(),
             preheat: Vec::new(),
             cluster: ClusterConfig::default(),
@@ -349,6 +355,7 @@ impl Config {
             limits: limits::show_limits(&self.limits),
             auth: auth::show_auth(&self.auth),
             cache: cache::show_cache(&self.cache),
+            policy: policy::show_policy(&self.policy),
             upstreams: upstream::show_upstreams(&self.upstreams),
             preheat: preheat::show_preheat(&self.preheat),
             cluster: cluster::show_cluster(&self.cluster),
@@ -421,6 +428,7 @@ impl Config {
         let limits = limits::build_limits(o.section(&mut table, "limits")?, o)?;
         let auth = auth::build_auth(o.section(&mut table, "auth")?, o)?;
         let cache = cache::build_cache(o.section(&mut table, "cache")?, o)?;
+        let policy = policy::build_policy(o.section(&mut table, "policy")?, o)?;
         let mirror: RawMirror = o.section(&mut table, "mirror")?;
         let upstreams = upstream::build_upstreams(&mut table, o)?;
         let mirror = upstream::build_mirror(mirror, &upstreams, o)?;
@@ -436,6 +444,7 @@ impl Config {
             limits,
             auth,
             cache,
+            policy,
             upstreams,
             preheat,
             cluster,

@@ -304,7 +304,7 @@ async fn dispatch(
                 (Route::UploadStart(_), None) => dev || app.auth.is_admin(&id),
                 _ => false,
             };
-            let resp = hosted(app, route, &name, req, mount_ok).await?;
+            let resp = hosted(app, route, &name, req, mount_ok, ctx).await?;
             // Only a write that stored content (201: a blob, a mount, a manifest)
             // makes a name hosted; an upload started, patched or cancelled does
             // not, so it never shadows the upstream's repository of that name.
@@ -456,6 +456,7 @@ async fn hosted(
     name: &RepoName,
     req: Request<ReqBody>,
     mount_ok: bool,
+    ctx: &Ctx,
 ) -> Result<Response<Body>> {
     let m = req.method().clone();
     match route {
@@ -464,8 +465,8 @@ async fn hosted(
             listing::referrers(app, name, d, req.uri()).await
         }
         Route::Manifest(_, r) => match m {
-            Method::GET => manifests::get(app, name, r, false).await,
-            Method::HEAD => manifests::get(app, name, r, true).await,
+            Method::GET => manifests::get(app, name, r, false, ctx).await,
+            Method::HEAD => manifests::get(app, name, r, true, ctx).await,
             Method::PUT => manifests::put(app, name, r, req).await,
             Method::DELETE => manifests::delete(app, name, r).await,
             _ => Err(unsupported(&m)),
@@ -506,7 +507,7 @@ async fn proxied(
     let head = m == Method::HEAD;
     match route {
         Route::Manifest(_, r) if m == Method::GET || head => {
-            handlers::mirror::manifests::get(app, p, r, head, ctx).await
+            handlers::mirror::manifests::get(app, p, name, r, head, ctx).await
         }
         Route::Blob(_, d) if m == Method::GET || head => {
             handlers::mirror::blobs::get(app, p, d, req.headers(), head, ctx).await

@@ -13,6 +13,9 @@
 //! - `GET cache/stats`, `POST cache/purge?repo=|digest=`, `POST gc[?dry_run=1]`
 //!   (`admin_cache.rs`).
 //! - `POST preheat` `{"images": [..], "platform": "all" | "OS/ARCH"}` (`preheat.rs`).
+//! - `GET policy`, `PUT policy` `{"block_vulnerabilities": "high", "unscanned": "block"}`,
+//!   `DELETE policy`: the pull policies in effect; the run-time override of the
+//!   vulnerability settings (persisted, audited, a new policy version).
 
 use crate::app::App;
 use crate::auth::policy::{parse_scope, Actions, Subject};
@@ -32,8 +35,9 @@ use std::sync::Arc;
 
 const MAX_BODY: u64 = 64 << 10;
 /// The admin endpoints (for 405 on a wrong method).
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     "whoami",
+    "policy",
     "logs",
     "config",
     "permissions",
@@ -69,6 +73,41 @@ pub async fn handle(
                 "admin": app.auth.is_admin(id),
             }),
         )),
+        ("policy", &Method::GET) => Ok(json(StatusCode::OK, &policy_view(app))),
+        ("policy", &Method::PUT) => {
+            let body: PolicyBody = read_json(req).await?;
+            let o = crate::policy::Override {
+                block_vulnerabilities: body.block_vulnerabilities,
+                unscanned: match body.unscanned.as_deref() {
+                    None => None,
+                    Some(u) => Some(crate::policy::Unscanned::parse(u).map_err(|e| bad(&e))?),
+                },
+            };
+            if o == crate::policy::Override::default() {
+                return Err(bad("policy: set block_vulnerabilities or unscanned"));
+            }
+            let detail = serde_json::to_string(&o).unwrap_or_default();
+            let version = app.policy.set(Some(o)).map_err(|e| bad(&e))?;
+            app.auth.audit(
+                "policy_set",
+                id.user.as_deref(),
+                Some(&client),
+                None,
+                Some(&format!("{detail} (version {version})")),
+            );
+            Ok(json(StatusCode::OK, &policy_view(app)))
+        }
+        ("policy", &Method::DELETE) => {
+            let version = app.policy.set(None).map_err(Error::Internal)?;
+            app.auth.audit(
+                "policy_cleared",
+                id.user.as_deref(),
+                Some(&client),
+                None,
+                Some(&format!("version {version}")),
+            );
+            Ok(json(StatusCode::OK, &policy_view(app)))
+        }
         ("cache/stats", &Method::GET) => admin_cache::stats(app),
         ("cache/purge", &Method::POST) => {
             let r = admin_cache::purge(app, req.uri()).await;
@@ -321,6 +360,39 @@ pub async fn handle(
             "no such admin endpoint",
         )),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    #[serde(default)]
+    block_vulnerabilities: Option<String>,
+    #[serde(default)]
+    unscanned: Option<String>,
+}
+
+/// The policies in effect, what the config says and what was set at run time.
+fn policy_view(app: &App) -> serde_json::Value {
+    let p = &app.policy;
+    let v = p.vulnerabilities();
+    let c = p.configured();
+    let o = p.runtime();
+    let sev = |s: Option<crate::scan::Severity>| s.map(|s| s.to_string()).unwrap_or_default();
+    json!({
+        "version": p.version(),
+        "block_vulnerabilities": sev(v.block),
+        "unscanned": v.unscanned.as_str(),
+        "configured": {
+            "block_vulnerabilities": sev(c.block),
+            "unscanned": c.unscanned.as_str(),
+        },
+        "runtime": o,
+        "signatures": p.signature_rules().iter().map(|r| json!({
+            "repos": r.repos,
+            "keys": r.key_files,
+            "mode": if r.enforce { "enforce" } else { "warn" },
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[derive(Deserialize)]

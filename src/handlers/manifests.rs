@@ -50,7 +50,20 @@ async fn resolve(app: &App, name: &RepoName, r: &str) -> Result<String> {
     }
 }
 
-pub async fn get(app: &Arc<App>, name: &RepoName, r: &str, head: bool) -> Result<Response<Body>> {
+/// A GET or HEAD, served when the pull policies allow it (`handlers::policy`).
+pub async fn get(
+    app: &Arc<App>,
+    name: &RepoName,
+    r: &str,
+    head: bool,
+    ctx: &crate::handlers::Ctx,
+) -> Result<Response<Body>> {
+    let resp = serve(app, name, r, head).await?;
+    let src = crate::handlers::policy::Hosted { app, name };
+    crate::handlers::policy::gate(app, name.as_str(), resp, &src, ctx).await
+}
+
+async fn serve(app: &Arc<App>, name: &RepoName, r: &str, head: bool) -> Result<Response<Body>> {
     let digest = resolve(app, name, r).await?;
     let row = app
         .storage

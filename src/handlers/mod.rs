@@ -11,6 +11,7 @@ pub mod health;
 pub mod listing;
 pub mod manifests;
 pub mod mirror;
+pub mod policy;
 pub mod preheat;
 pub mod search;
 pub mod token;

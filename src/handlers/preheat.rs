@@ -264,7 +264,8 @@ async fn manifest_bytes(
     reference: &str,
 ) -> Result<(String, bytes::Bytes)> {
     let mut ctx = internal_ctx(&p.repo);
-    let resp = manifests::get(app, p, reference, false, &mut ctx).await?;
+    // Warming the cache is not a pull: pull policies judge what is served, not what is held.
+    let resp = manifests::serve(app, p, reference, false, &mut ctx).await?;
     let mt = resp
         .headers()
         .get(header::CONTENT_TYPE)

@@ -26,6 +26,7 @@ mod logs;
 mod metrics;
 mod mirror;
 mod mirror_faults;
+mod policy;
 mod preheat;
 mod profiles;
 mod pushpull;

@@ -302,7 +302,7 @@ fn no_scanner_is_a_clear_error_after_the_image_is_pushed() {
 /// application/sarif+json` does (artifactType, the empty config, the file as a
 /// `application/vnd.oci.image.layer.v1.tar` layer with a title, subject, created), through
 /// oras-py's blob and manifest uploads.
-const ORAS_ATTACH: &str = r#"
+pub(crate) const ORAS_ATTACH: &str = r#"
 import hashlib, json, os, sys, urllib.request
 import oras.client, oras.container, oras.oci
 

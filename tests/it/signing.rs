@@ -25,7 +25,7 @@ fn b64() -> base64::engine::general_purpose::GeneralPurpose {
 }
 
 /// `agent key generate` in `dir` with COSIGN_PASSWORD; returns (NAME.key, NAME.pub).
-fn generate(home: &Home, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn generate(home: &Home, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let o = home
         .cmd(&["key", "generate", "--output-key-prefix", name])
         .current_dir(dir)
@@ -58,7 +58,7 @@ fn ok_json(o: std::process::Output, what: &str) -> Value {
 }
 
 /// `push NAME --sign --key KEY`: the pushed digest and the signature tag.
-fn push_signed(home: &Home, host: &str, name: &str, key: &Path) -> (String, String) {
+pub(crate) fn push_signed(home: &Home, host: &str, name: &str, key: &Path) -> (String, String) {
     let v = ok_json(
         agent(
             home,

@@ -38,7 +38,34 @@ fn unknown(p: &Proxy, r: &str) -> Error {
     )
 }
 
+/// A GET or HEAD, served when the pull policies allow it (`handlers::policy`): the
+/// signature and reports are read through the mirror path (`serve`), so a verdict costs
+/// at most their upstream round trips when cold, and a map lookup once cached.
 pub async fn get(
+    app: &Arc<App>,
+    p: &Proxy,
+    name: &crate::oci::RepoName,
+    r: &str,
+    head: bool,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>> {
+    let resp = serve(app, p, r, head, ctx).await?;
+    let repo = format!("{}/{}", p.upstream.name(), p.repo);
+    if !app.policy.applies(&repo) {
+        return Ok(resp);
+    }
+    let src = crate::handlers::policy::Mirrored {
+        app,
+        proxy: p,
+        name,
+        peer: ctx.peer,
+        client: ctx.client,
+    };
+    crate::handlers::policy::gate(app, &repo, resp, &src, ctx).await
+}
+
+/// A GET or HEAD as the upstream and the cache answer it, before any policy.
+pub async fn serve(
     app: &Arc<App>,
     p: &Proxy,
     r: &str,

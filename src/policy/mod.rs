@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 /// A signature payload is tiny; anything larger is not one.
@@ -220,12 +220,33 @@ struct Verdicts {
     allowed: HashSet<(usize, String)>,
 }
 
+/// The vulnerability settings in effect: the override's where it has them, else `base`.
+fn effective(base: Vulnerabilities, o: &Override) -> Vulnerabilities {
+    Vulnerabilities {
+        block: match &o.block_vulnerabilities {
+            Some(b) => parse_threshold(b).ok().flatten(),
+            None => base.block,
+        },
+        unscanned: o.unscanned.unwrap_or(base.unscanned),
+    }
+}
+
+impl Vulnerabilities {
+    /// Whether these settings can refuse anything.
+    fn active(self) -> bool {
+        self.block.is_some() || self.unscanned == Unscanned::Block
+    }
+}
+
 /// The pull policies of a server: the config's, the run-time override, the verdict cache.
 pub struct Policies {
     base: Vulnerabilities,
     signatures: Vec<SignatureRule>,
     runtime: RwLock<Override>,
     version: AtomicU64,
+    /// Whether a vulnerability setting is in effect: kept by `new` and `set`, so a server
+    /// without policies answers `applies` with two loads, no lock and no allocation.
+    vuln_active: AtomicBool,
     verdicts: Mutex<Verdicts>,
     /// Where the override is persisted; `None` keeps it in memory only.
     file: Option<PathBuf>,
@@ -251,11 +272,13 @@ impl Policies {
         if let Some(b) = &runtime.block_vulnerabilities {
             parse_threshold(b).map_err(|e| format!("policy file: {e}"))?;
         }
+        let vuln_active = effective(base, &runtime).active();
         Ok(Policies {
             base,
             signatures,
             runtime: RwLock::new(runtime),
             version: AtomicU64::new(1),
+            vuln_active: AtomicBool::new(vuln_active),
             verdicts: Mutex::new(Verdicts {
                 version: 1,
                 allowed: HashSet::new(),
@@ -276,6 +299,7 @@ impl Policies {
             signatures: Vec::new(),
             runtime: RwLock::new(Override::default()),
             version: AtomicU64::new(1),
+            vuln_active: AtomicBool::new(false),
             verdicts: Mutex::new(Verdicts {
                 version: 1,
                 allowed: HashSet::new(),
@@ -299,14 +323,7 @@ impl Policies {
 
     /// The vulnerability settings in effect: the override's, else the config's.
     pub fn vulnerabilities(&self) -> Vulnerabilities {
-        let o = self.runtime();
-        Vulnerabilities {
-            block: match &o.block_vulnerabilities {
-                Some(b) => parse_threshold(b).ok().flatten(),
-                None => self.base.block,
-            },
-            unscanned: o.unscanned.unwrap_or(self.base.unscanned),
-        }
+        effective(self.base, &self.runtime())
     }
 
     /// The config's vulnerability settings.
@@ -340,16 +357,21 @@ impl Policies {
             .runtime
             .write()
             .map_err(|_| "policy state poisoned".to_string())?;
+        self.vuln_active
+            .store(effective(self.base, &o).active(), Ordering::Release);
         *r = o;
         Ok(self.version.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
+    /// Whether any policy is in effect at all (the warm path's test, before it even
+    /// names the repository).
+    pub fn is_active(&self) -> bool {
+        self.vuln_active.load(Ordering::Acquire) || !self.signatures.is_empty()
+    }
+
     /// Whether any policy applies to `repo` (a quick test before any fetching).
     pub fn applies(&self, repo: &str) -> bool {
-        let v = self.vulnerabilities();
-        v.block.is_some()
-            || v.unscanned == Unscanned::Block
-            || self.signatures.iter().any(|r| r.matches(repo))
+        self.vuln_active.load(Ordering::Acquire) || self.signatures.iter().any(|r| r.matches(repo))
     }
 
     fn cached(&self, rule: usize, digest: &str, version: u64) -> bool {

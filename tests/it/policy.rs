@@ -100,7 +100,9 @@ fn hosted_signature_policy_serves_signed_images_and_refuses_the_rest() {
     assert_refused(&get(&host, "/v2/agents/prod/app/manifests/2"), "not signed");
     let head = send(&host, http::Method::HEAD, "/v2/agents/prod/app/manifests/2");
     assert_eq!(head.status, 403);
-    assert_eq!(denied_count(&host, "signature"), before + 2.0);
+    // The recorder is the process's, shared with the policy tests running beside this one:
+    // at least this test's two refusals were counted.
+    assert!(denied_count(&host, "signature") >= before + 2.0);
     let records = audited(&host, "policy_denied", 2);
     assert!(
         records.iter().any(|e| e["repo"] == "agents/prod/app"
@@ -232,7 +234,8 @@ fn vulnerability_policy_reads_reports_attached_by_oras_py() {
         &get(&host, "/v2/agents/vuln/manifests/1"),
         "2 high vulnerabilities at or above high in report sha256:",
     );
-    assert_eq!(denied_count(&host, "vulnerability"), before + 1.0);
+    // (The recorder is shared with concurrent tests: at least this refusal.)
+    assert!(denied_count(&host, "vulnerability") >= before + 1.0);
     // No report, unscanned = "allow": served.
     assert_eq!(get(&host, "/v2/agents/vuln/manifests/2").status, 200);
 

@@ -50,6 +50,9 @@ pub async fn get(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>> {
     let resp = serve(app, p, r, head, ctx).await?;
+    if !app.policy.is_active() {
+        return Ok(resp);
+    }
     let repo = format!("{}/{}", p.upstream.name(), p.repo);
     if !app.policy.applies(&repo) {
         return Ok(resp);

@@ -281,9 +281,9 @@ async fn attach(
             .unwrap_or_else(|| OCI_MANIFEST.to_string()),
         m => m.to_string(),
     };
-    let empty = put_blob(client, repo, b"{}").await?;
+    let empty = super::transfer::put_small_blob(client, repo, b"{}").await?;
     let size = report.len();
-    let layer = put_blob(client, repo, &report).await?;
+    let layer = super::transfer::put_small_blob(client, repo, &report).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -316,47 +316,6 @@ async fn attach(
         return Err(client.status_error(&r, &format!("report manifest {repo}@{digest}")));
     }
     Ok(digest.to_string())
-}
-
-/// Uploads a small blob in one request unless the repository has it.
-async fn put_blob(client: &Client, repo: &str, bytes: &[u8]) -> anyhow::Result<Digest> {
-    let digest = Digest::sha256_of(bytes);
-    let head = client
-        .send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"))
-        .await?;
-    if head.status.is_success() {
-        return Ok(digest);
-    }
-    let r = client
-        .send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-        .await?;
-    if r.status != StatusCode::ACCEPTED {
-        return Err(client.status_error(&r, &format!("upload of {digest}")));
-    }
-    let location = r
-        .headers
-        .get(http::header::LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| client.path_of(l))
-        .ok_or_else(|| anyhow!("upload of {digest}: the registry sent no usable Location"))?;
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    let r = client
-        .execute(
-            Method::PUT,
-            &format!("{location}{sep}digest={digest}"),
-            h,
-            Bytes::copy_from_slice(bytes),
-        )
-        .await?;
-    if r.status != StatusCode::CREATED {
-        return Err(client.status_error(&r, &format!("upload of {digest}")));
-    }
-    Ok(digest)
 }
 
 /// `agent push --security-scan`: scans each pushed `(tag, descriptor)` of local `name`

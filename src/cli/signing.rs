@@ -175,47 +175,6 @@ async fn fetch_manifest(
     Ok(Some((r.body, actual)))
 }
 
-/// Sends a blob unless the registry has it (monolithic: a payload or a config is small).
-async fn put_blob(client: &Client, repo: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let digest = Digest::sha256_of(bytes);
-    let head = client
-        .send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"))
-        .await?;
-    if head.status.is_success() {
-        return Ok(());
-    }
-    let r = client
-        .send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-        .await?;
-    if r.status != StatusCode::ACCEPTED {
-        return Err(client.status_error(&r, &format!("upload of {digest}")));
-    }
-    let location = r
-        .headers
-        .get(http::header::LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| client.path_of(l))
-        .ok_or_else(|| anyhow!("upload of {digest}: the registry sent no usable Location"))?;
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    let r = client
-        .execute(
-            Method::PUT,
-            &format!("{location}{sep}digest={digest}"),
-            h,
-            Bytes::copy_from_slice(bytes),
-        )
-        .await?;
-    if r.status != StatusCode::CREATED {
-        return Err(client.status_error(&r, &format!("upload of {digest}")));
-    }
-    Ok(())
-}
-
 /// Signs the manifest `subject` of `repo` with `key` and pushes the signature: the
 /// payload and config blobs, then the signature manifest under `sha256-<hex>.sig`.
 /// Returns that tag.
@@ -239,8 +198,8 @@ pub async fn sign_image(
         &signature,
         subject,
     )?;
-    put_blob(client, repo, &built.payload).await?;
-    put_blob(client, repo, &built.config).await?;
+    super::transfer::put_small_blob(client, repo, &built.payload).await?;
+    super::transfer::put_small_blob(client, repo, &built.config).await?;
     let mut h = HeaderMap::new();
     h.insert(
         http::header::CONTENT_TYPE,

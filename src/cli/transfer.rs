@@ -1432,6 +1432,52 @@ pub async fn info(
     Ok(())
 }
 
+/// Uploads a small blob (a signature payload, a config, a report) in one request unless
+/// the repository has it; returns its digest.
+pub(super) async fn put_small_blob(
+    client: &Client,
+    repo: &str,
+    bytes: &[u8],
+) -> anyhow::Result<Digest> {
+    let digest = Digest::sha256_of(bytes);
+    let head = client
+        .send(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"))
+        .await?;
+    if head.status.is_success() {
+        return Ok(digest);
+    }
+    let r = client
+        .send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+        .await?;
+    if r.status != StatusCode::ACCEPTED {
+        return Err(client.status_error(&r, &format!("upload of {digest}")));
+    }
+    let location = r
+        .headers
+        .get(http::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| client.path_of(l))
+        .ok_or_else(|| anyhow!("upload of {digest}: the registry sent no usable Location"))?;
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let r = client
+        .execute(
+            Method::PUT,
+            &format!("{location}{sep}digest={digest}"),
+            h,
+            Bytes::copy_from_slice(bytes),
+        )
+        .await?;
+    if r.status != StatusCode::CREATED {
+        return Err(client.status_error(&r, &format!("upload of {digest}")));
+    }
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
